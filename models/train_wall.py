@@ -1,0 +1,344 @@
+"""Train the Wall world model and export it as a qwm bundle.
+
+Usage (from the repository root, after `pip install -r models/requirements.txt`):
+  cargo run --release -- dataset --env wall --episodes 2000 --steps 50 --seed 0 --out data/wall
+  OMP_NUM_THREADS=2 python models/train_wall.py --data data/wall --out models/wall
+
+Stages (each checkpointed in --work, so a killed run resumes):
+ 1. encoder pre-training: a ViT on frames as an autoencoder (per-patch pixel reconstruction) plus a
+    per-token state probe (every token regresses the dot position and the wall layout), standing in for
+    DINOv2's global, smooth features; then frozen.
+ 2. latents of every frame precomputed with the frozen encoder (as DINO-WM).
+ 3. predictor training on latents: teacher-forced next-frame MSE (visual + proprio parts) plus an
+    autoregressive rollout loss over the same sequence.
+ 4. evaluation without a planner, ONNX export (opset 17, single files, dynamic batch), parity fixtures and
+    manifest.json.
+"""
+import argparse, hashlib, json, math, os, time
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wm import ViTEncoder, Predictor, ObservationEncoder
+
+FORMAT_VERSION = 1
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def load_dataset(d):
+    meta = json.load(open(os.path.join(d, "meta.json")))
+    arr = {k: np.load(os.path.join(d, f"{k}.npy"), mmap_mode="r") for k in ["frames", "actions", "states", "proprio", "layout"]}
+    return meta, arr
+
+
+def to_pixels(frames_u8):
+    """uint8 [..., S, S, 3] -> normalized float [..., 3, S, S] (mean 0.5, std 0.5)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames_u8)).float() / 255.0
+    x = x.movedim(-1, -3)
+    return (x - 0.5) / 0.5
+
+
+def cosine_lr(step, total, base, warmup=200):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def spearman(a, b):
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    ra -= ra.mean(); rb -= rb.mean()
+    return float((ra * rb).sum() / math.sqrt((ra * ra).sum() * (rb * rb).sum()))
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="data/train_wall")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--enc-steps", type=int, default=3000)
+    ap.add_argument("--pred-steps", type=int, default=12000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--enc-dim", type=int, default=64)
+    ap.add_argument("--enc-depth", type=int, default=4)
+    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--pred-depth", type=int, default=4)
+    ap.add_argument("--pred-heads", type=int, default=4)
+    ap.add_argument("--pred-dim-head", type=int, default=32)
+    ap.add_argument("--pred-mlp", type=int, default=256)
+    ap.add_argument("--num-hist", type=int, default=1)
+    ap.add_argument("--frameskip", type=int, default=5)
+    ap.add_argument("--rollout", type=int, default=3, help="sequence length (transitions) per predictor sample")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    os.makedirs(args.work, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
+
+    meta, D = load_dataset(args.data)
+    E, T, S = meta["episodes"], meta["steps"], meta["image_size"]
+    n_val = max(1, E // 10)
+    train_eps, val_eps = np.arange(0, E - n_val), np.arange(E - n_val, E)
+    actions = np.asarray(D["actions"], dtype=np.float32)
+    proprio = np.asarray(D["proprio"], dtype=np.float32)
+    states = np.asarray(D["states"], dtype=np.float32)
+    layout = np.asarray(D["layout"], dtype=np.float32)
+    a_mean, a_std = actions[train_eps].reshape(-1, 2).mean(0), actions[train_eps].reshape(-1, 2).std(0)
+    p_mean, p_std = proprio[train_eps].reshape(-1, 2).mean(0), proprio[train_eps].reshape(-1, 2).std(0)
+    log(f"dataset {E} episodes x {T} steps, {S}px; action mean {a_mean} std {a_std}; proprio mean {p_mean} std {p_std}")
+    frames = D["frames"]
+
+    # ---------------- 1. encoder pre-training ----------------
+    vit = ViTEncoder(image_size=S, patch=args.patch, dim=args.enc_dim, depth=args.enc_depth, heads=4)
+    N, P = vit.num_patches, args.patch
+    recon_head = nn.Linear(args.enc_dim, P * P * 3)
+    probe_head = nn.Linear(args.enc_dim, 4)
+    enc_ckpt = os.path.join(args.work, "encoder.pt")
+    enc_hist = []
+    if os.path.exists(enc_ckpt):
+        ck = torch.load(enc_ckpt)
+        vit.load_state_dict(ck["vit"]); enc_hist = ck["hist"]
+        log("encoder: resumed finished checkpoint")
+    else:
+        params = list(vit.parameters()) + list(recon_head.parameters()) + list(probe_head.parameters())
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+        t0 = time.time()
+        for step in range(args.enc_steps):
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, args.enc_steps, 1e-3)
+            e = rng.choice(train_eps, args.batch); t = rng.integers(0, T + 1, args.batch)
+            idx = np.lexsort((t, e))  # sorted reads from the memory map
+            e, t = e[idx], t[idx]
+            x = to_pixels(frames[e, t])
+            tok = vit(x)
+            # per-patch reconstruction target
+            tgt = x.reshape(-1, 3, S // P, P, S // P, P).permute(0, 2, 4, 3, 5, 1).reshape(-1, N, P * P * 3)
+            rec = F.mse_loss(recon_head(tok), tgt)
+            st = np.concatenate([states[e, t], layout[e]], axis=1)
+            st = torch.from_numpy((st - 32.0) / 16.0).float()
+            probe = F.mse_loss(probe_head(tok), st[:, None, :].expand(-1, N, 4))
+            loss = rec + probe
+            opt.zero_grad(); loss.backward(); opt.step()
+            if step % 200 == 0 or step == args.enc_steps - 1:
+                enc_hist.append({"step": step, "recon": rec.item(), "probe": probe.item()})
+                log(f"enc step {step} recon {rec.item():.4f} probe {probe.item():.4f} ({(time.time()-t0)/(step+1)*1000:.0f} ms/step)")
+        torch.save({"vit": vit.state_dict(), "hist": enc_hist}, enc_ckpt)
+    vit.eval()
+    for p_ in vit.parameters():
+        p_.requires_grad_(False)
+
+    # ---------------- 2. latents ----------------
+    lat_path = os.path.join(args.work, "latents.npy")
+    if os.path.exists(lat_path):
+        latents = np.load(lat_path)
+    else:
+        latents = np.zeros((E, T + 1, N, args.enc_dim), dtype=np.float32)
+        with torch.no_grad():
+            for e in range(E):
+                latents[e] = vit(to_pixels(frames[e])).numpy()
+        np.save(lat_path, latents)
+        log("latents computed", latents.shape)
+
+    # proprio encoder: a frozen, well-conditioned random projection (a trainable one can collapse
+    # under the self-referential MSE target; the planner's proprio term relies on its scale)
+    prop_enc = nn.Conv1d(2, 10, 1)
+    g = torch.Generator().manual_seed(args.seed + 17)
+    q, _ = torch.linalg.qr(torch.randn(10, 2, generator=g))
+    with torch.no_grad():
+        prop_enc.weight.copy_((q * math.sqrt(5.0))[:, :, None]); prop_enc.bias.zero_()
+    for p_ in prop_enc.parameters():
+        p_.requires_grad_(False)
+
+    def prop_emb(pr):  # np [..., 2] raw -> torch [..., 10]
+        x = torch.from_numpy(((pr - p_mean) / p_std).astype(np.float32))
+        shp = x.shape
+        return prop_enc(x.reshape(-1, 2, 1))[:, :, 0].reshape(*shp[:-1], 10)
+
+    fs, H, R = args.frameskip, args.num_hist, args.rollout
+    norm_actions = (actions - a_mean) / a_std
+
+    def model_actions(e, t0, count):
+        """[B] episodes, [B] start steps -> [B, count, 2*fs] normalized model actions."""
+        idx = t0[:, None] + np.arange(count * fs)[None, :]
+        a = norm_actions[e[:, None], idx]  # [B, count*fs, 2]
+        return torch.from_numpy(a.reshape(len(e), count, fs * 2).astype(np.float32))
+
+    # ---------------- 3. predictor ----------------
+    pred = Predictor(N, args.enc_dim, H, depth=args.pred_depth, heads=args.pred_heads, dim_head=args.pred_dim_head,
+                     mlp_dim=args.pred_mlp, emb_dim=10, action_in=2 * fs)
+    pred_ckpt = os.path.join(args.work, "predictor.pt")
+    opt = torch.optim.AdamW(pred.parameters(), lr=5e-4, weight_decay=0.01)
+    start, pred_hist = 0, []
+    if os.path.exists(pred_ckpt):
+        ck = torch.load(pred_ckpt)
+        pred.load_state_dict(ck["pred"]); opt.load_state_dict(ck["opt"]); start = ck["step"]; pred_hist = ck["hist"]
+        log(f"predictor: resumed at step {start}")
+    L = H + R  # frames per sample
+    span = (L - 1) * fs
+    t0 = time.time()
+    for step in range(start, args.pred_steps):
+        for g_ in opt.param_groups:
+            g_["lr"] = cosine_lr(step, args.pred_steps, 5e-4)
+        e = rng.choice(train_eps, args.batch); ts = rng.integers(0, T - span + 1, args.batch)
+        fidx = ts[:, None] + fs * np.arange(L)[None, :]
+        vis = torch.from_numpy(latents[e[:, None], fidx])  # [B,L,N,D]
+        pe = prop_emb(proprio[e[:, None], fidx])  # [B,L,10]
+        act = model_actions(e, ts, L - 1)  # [B,L-1,A]
+        # teacher forced: every window of H frames predicts the next
+        tf = 0.0
+        for k in range(R):
+            v_hat, p_hat = pred(vis[:, k:k + H], pe[:, k:k + H], act[:, k:k + H])
+            tf = tf + F.mse_loss(v_hat, vis[:, k + H]) + F.mse_loss(p_hat, pe[:, k + H])
+        tf = tf / R
+        # autoregressive rollout from the first H frames
+        hv, hp = list(vis[:, :H].unbind(1)), list(pe[:, :H].unbind(1))
+        ro = 0.0
+        for k in range(R):
+            v_hat, p_hat = pred(torch.stack(hv[-H:], 1), torch.stack(hp[-H:], 1), act[:, k:k + H])
+            ro = ro + F.mse_loss(v_hat, vis[:, k + H]) + F.mse_loss(p_hat, pe[:, k + H])
+            hv.append(v_hat); hp.append(p_hat)
+        ro = ro / R
+        loss = tf + ro
+        opt.zero_grad(); loss.backward()
+        torch.nn.utils.clip_grad_norm_(pred.parameters(), 1.0)
+        opt.step()
+        if step % 200 == 0 or step == args.pred_steps - 1:
+            pred_hist.append({"step": step, "teacher_forced": tf.item(), "rollout": ro.item()})
+            log(f"pred step {step} tf {tf.item():.5f} rollout {ro.item():.5f} ({(time.time()-t0)/(step-start+1)*1000:.0f} ms/step)")
+        if (step + 1) % 1000 == 0 or step == args.pred_steps - 1:
+            torch.save({"pred": pred.state_dict(), "opt": opt.state_dict(), "step": step + 1, "hist": pred_hist}, pred_ckpt + ".tmp")
+            os.replace(pred_ckpt + ".tmp", pred_ckpt)
+    pred.eval()
+
+    # ---------------- 4. evaluation without a planner ----------------
+    ev = {}
+    with torch.no_grad():
+        k_steps = 5
+        e = np.repeat(val_eps, 4); ts = rng.integers(0, T - k_steps * fs + 1, len(e))
+        fidx = ts[:, None] + fs * np.arange(k_steps + 1)[None, :]
+        vis = torch.from_numpy(latents[e[:, None], fidx]); pe = prop_emb(proprio[e[:, None], fidx])
+        act = model_actions(e, ts, k_steps)
+        v, p = vis[:, 0:1], pe[:, 0:1]
+        W = prop_enc.weight[:, :, 0]  # [10,2]
+        pinv = torch.linalg.pinv(W)
+        per_step = []
+        for k in range(k_steps):
+            v_hat, p_hat = pred(v[:, -H:], p[:, -H:], act[:, max(0, k + 1 - H):k + 1])
+            v = torch.cat([v, v_hat[:, None]], 1); p = torch.cat([p, p_hat[:, None]], 1)
+            mse = F.mse_loss(v_hat, vis[:, k + 1]).item()
+            still = F.mse_loss(vis[:, 0], vis[:, k + 1]).item()
+            pos_hat = (p_hat @ pinv.T).numpy() * p_std + p_mean
+            pos_err = np.linalg.norm(pos_hat - proprio[e, fidx[:, k + 1]], axis=1)
+            per_step.append({"step": k + 1, "latent_mse": mse, "nothing_moves_mse": still,
+                             "proprio_px_err_mean": float(pos_err.mean()), "proprio_px_err_p90": float(np.percentile(pos_err, 90))})
+        ev["open_loop"] = per_step
+        # latent distance vs true distance for random state pairs in the same layout (held-out episodes)
+        pairs_e = rng.choice(val_eps, 2000); t1 = rng.integers(0, T + 1, 2000); t2 = rng.integers(0, T + 1, 2000)
+        lat_d = ((latents[pairs_e, t1] - latents[pairs_e, t2]) ** 2).mean(axis=(1, 2))
+        true_d = np.linalg.norm(states[pairs_e, t1] - states[pairs_e, t2], axis=1)
+        far = true_d > 10
+        ev["spearman_latent_vs_true_distance"] = spearman(lat_d, true_d)
+        ev["spearman_far_pairs_over_10px"] = spearman(lat_d[far], true_d[far])
+        ev["pairs"] = int(len(true_d))
+    log("eval", json.dumps(ev, indent=1))
+
+    # ---------------- 5. export ----------------
+    obs_enc = ObservationEncoder(vit, prop_enc).eval()
+    enc_path, pred_path = os.path.join(args.out, "encoder.onnx"), os.path.join(args.out, "predictor.onnx")
+    dummy_pix = torch.zeros(2, 3, S, S); dummy_pr = torch.zeros(2, 2)
+    torch.onnx.export(obs_enc, (dummy_pix, dummy_pr), enc_path, dynamo=False, opset_version=17,
+                      input_names=["pixels", "proprio"], output_names=["visual", "proprio_emb"],
+                      dynamic_axes={"pixels": {0: "batch"}, "proprio": {0: "batch"}, "visual": {0: "batch"}, "proprio_emb": {0: "batch"}})
+    dv, dp, da = torch.zeros(2, H, N, args.enc_dim), torch.zeros(2, H, 10), torch.zeros(2, H, 2 * fs)
+    torch.onnx.export(pred, (dv, dp, da), pred_path, dynamo=False, opset_version=17,
+                      input_names=["visual", "proprio_emb", "action"], output_names=["next_visual", "next_proprio_emb"],
+                      dynamic_axes={"visual": {0: "batch"}, "proprio_emb": {0: "batch"}, "action": {0: "batch"},
+                                    "next_visual": {0: "batch"}, "next_proprio_emb": {0: "batch"}})
+
+    # parity fixtures (PyTorch outputs on held-out frames)
+    fx = os.path.join(args.out, "fixtures"); os.makedirs(fx, exist_ok=True)
+    e = val_eps[np.arange(4) % len(val_eps)]; t = np.array([0, 10, 20, 30]) % (T + 1)
+    with torch.no_grad():
+        pix = to_pixels(frames[e, t]); pr = torch.from_numpy(((proprio[e, t] - p_mean) / p_std).astype(np.float32))
+        vis_o, pe_o = obs_enc(pix, pr)
+        act = model_actions(e, np.minimum(t, T - fs * H), H)
+        vis_h = vis_o[:, None].expand(-1, H, -1, -1).contiguous(); pe_h = pe_o[:, None].expand(-1, H, -1).contiguous()
+        nv, np_ = pred(vis_h, pe_h, act)
+    fixtures = {"encoder_pixels": pix, "encoder_proprio": pr, "encoder_visual": vis_o, "encoder_proprio_emb": pe_o,
+                "predictor_visual": vis_h, "predictor_proprio_emb": pe_h, "predictor_action": act,
+                "predictor_next_visual": nv, "predictor_next_proprio_emb": np_}
+    for k, v in fixtures.items():
+        np.save(os.path.join(fx, k + ".npy"), v.numpy().astype(np.float32))
+    # check with onnxruntime
+    import onnxruntime as ort
+    so = ort.SessionOptions(); so.intra_op_num_threads = 1
+    s_enc = ort.InferenceSession(enc_path, so); s_pred = ort.InferenceSession(pred_path, so)
+    o1 = s_enc.run(None, {"pixels": pix.numpy(), "proprio": pr.numpy()})
+    o2 = s_pred.run(None, {"visual": vis_h.numpy(), "proprio_emb": pe_h.numpy(), "action": act.numpy()})
+    parity = {"encoder_visual": float(np.abs(o1[0] - vis_o.numpy()).max()), "encoder_proprio_emb": float(np.abs(o1[1] - pe_o.numpy()).max()),
+              "predictor_next_visual": float(np.abs(o2[0] - nv.numpy()).max()), "predictor_next_proprio_emb": float(np.abs(o2[1] - np_.numpy()).max())}
+    log("onnxruntime vs torch max abs diff", parity)
+
+    def io(names_shapes):
+        return [{"name": n, "shape": s} for n, s in names_shapes]
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": "wall",
+        "env": "wall",
+        "image_size": S,
+        "pixel_mean": [0.5, 0.5, 0.5],
+        "pixel_std": [0.5, 0.5, 0.5],
+        "action_dim": 2,
+        "frameskip": fs,
+        "action_mean": a_mean.tolist(),
+        "action_std": a_std.tolist(),
+        "proprio_dim": 2,
+        "proprio_mean": p_mean.tolist(),
+        "proprio_std": p_std.tolist(),
+        "num_hist": H,
+        "num_patches": N,
+        "visual_dim": args.enc_dim,
+        "proprio_emb_dim": 10,
+        "objective": {"mode": "last", "alpha": 1.0},
+        "graphs": {
+            "encoder": {"file": "encoder.onnx", "sha256": sha256(enc_path), "bytes": os.path.getsize(enc_path),
+                        "inputs": io([("pixels", [-1, 3, S, S]), ("proprio", [-1, 2])]),
+                        "outputs": io([("visual", [-1, N, args.enc_dim]), ("proprio_emb", [-1, 10])])},
+            "predictor": {"file": "predictor.onnx", "sha256": sha256(pred_path), "bytes": os.path.getsize(pred_path),
+                          "inputs": io([("visual", [-1, H, N, args.enc_dim]), ("proprio_emb", [-1, H, 10]), ("action", [-1, H, 2 * fs])]),
+                          "outputs": io([("next_visual", [-1, N, args.enc_dim]), ("next_proprio_emb", [-1, 10])])},
+        },
+        "quantization": {"encoder": {"scheme": "float"}, "predictor": {"scheme": "float"}},
+        "training": {
+            "seed": args.seed, "dataset": {"episodes": E, "steps": T, "seed": meta["seed"], "held_out_episodes": int(n_val)},
+            "encoder": {"dim": args.enc_dim, "depth": args.enc_depth, "heads": 4, "patch": args.patch, "steps": args.enc_steps,
+                        "final": enc_hist[-1] if enc_hist else None},
+            "predictor": {"dim": args.enc_dim + 20, "depth": args.pred_depth, "heads": args.pred_heads, "dim_head": args.pred_dim_head,
+                          "mlp": args.pred_mlp, "steps": args.pred_steps, "rollout": R, "final": pred_hist[-1] if pred_hist else None},
+        },
+    }
+    json.dump(manifest, open(os.path.join(args.out, "manifest.json"), "w"), indent=2)
+    json.dump({"encoder_curve": enc_hist, "predictor_curve": pred_hist, "eval": ev, "onnx_parity_max_abs": parity},
+              open(os.path.join(args.out, "training.json"), "w"), indent=1)
+    log("wrote bundle to", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+//! `WorldModel`: a bundle's graphs on a backend, with DINO-WM's token layout and objective.
+//!
+//! Knows how to preprocess frames, encode observations and goals, roll candidate action
+//! sequences forward autoregressively, and score predicted frames against a goal. Knows nothing
+//! about planners or environments.
+
+use crate::backend::{Backend, LoadOptions, Session, TensorRef};
+use crate::bundle::{Bundle, Manifest};
+use crate::env::{render, Frame};
+use crate::error::{QwmError, Result};
+use std::time::{Duration, Instant};
+
+/// One frame in latent space: visual tokens and the proprio embedding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latent {
+    /// `num_patches * visual_dim` values.
+    pub visual: Vec<f32>,
+    /// `proprio_emb_dim` values.
+    pub proprio: Vec<f32>,
+}
+
+/// Predicted last frames of a batch of candidates, stored contiguously.
+#[derive(Clone, Debug)]
+pub struct BatchLatents {
+    /// Candidates.
+    pub batch: usize,
+    /// `[batch, num_patches * visual_dim]`.
+    pub visual: Vec<f32>,
+    /// `[batch, proprio_emb_dim]`.
+    pub proprio: Vec<f32>,
+}
+
+/// Wall-clock spent inside graph calls.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModelTimers {
+    /// Encoder calls.
+    pub encode: Duration,
+    /// Predictor calls.
+    pub predict: Duration,
+    /// Number of predictor calls.
+    pub predict_calls: u64,
+}
+
+/// A loaded world model.
+pub struct WorldModel {
+    /// The bundle's manifest.
+    pub manifest: Manifest,
+    encoder: Box<dyn Session>,
+    predictor: Box<dyn Session>,
+    /// Time spent in graph calls since the last reset.
+    pub timers: ModelTimers,
+}
+
+impl WorldModel {
+    /// Load both graphs of a bundle on a backend.
+    pub fn load(bundle: &Bundle, backend: &dyn Backend, opts: &LoadOptions) -> Result<WorldModel> {
+        let m = &bundle.manifest;
+        if m.objective.mode != "last" {
+            return Err(QwmError::bundle(
+                &bundle.dir,
+                format!(
+                    "objective.mode '{}' is not supported by this runtime (only 'last')",
+                    m.objective.mode
+                ),
+            ));
+        }
+        let encoder = backend.load(&bundle.encoder, opts)?;
+        let predictor = backend.load(&bundle.predictor, opts)?;
+        Ok(WorldModel {
+            manifest: m.clone(),
+            encoder,
+            predictor,
+            timers: ModelTimers::default(),
+        })
+    }
+
+    /// Visual latent width: tokens x dim.
+    pub fn visual_len(&self) -> usize {
+        self.manifest.num_patches * self.manifest.visual_dim
+    }
+
+    /// Frame -> normalized CHW floats as the manifest says: resize to image_size if needed
+    /// (antialiased bilinear), scale to 0..1, subtract the mean and divide by the std per channel.
+    pub fn preprocess(&self, frame: &Frame) -> Result<Vec<f32>> {
+        let s = self.manifest.image_size;
+        if frame.data.len() != frame.height * frame.width * 3
+            || frame.height == 0
+            || frame.width == 0
+        {
+            return Err(QwmError::Usage(format!(
+                "frame of {}x{} has {} bytes, expected {} (RGB)",
+                frame.height,
+                frame.width,
+                frame.data.len(),
+                frame.height * frame.width * 3
+            )));
+        }
+        let hwc: Vec<f32> = if frame.height == s && frame.width == s {
+            frame.data.iter().map(|&v| v as f32).collect()
+        } else {
+            let f: Vec<f32> = frame.data.iter().map(|&v| v as f32).collect();
+            render::resize_bilinear_aa(&f, frame.height, frame.width, 3, s, s)
+        };
+        let mut chw = vec![0f32; 3 * s * s];
+        for c in 0..3 {
+            let (mean, std) = (self.manifest.pixel_mean[c], self.manifest.pixel_std[c]);
+            for i in 0..s * s {
+                chw[c * s * s + i] = (hwc[i * 3 + c] / 255.0 - mean) / std;
+            }
+        }
+        Ok(chw)
+    }
+
+    /// Raw proprioception -> normalized.
+    pub fn normalize_proprio(&self, p: &[f32]) -> Result<Vec<f32>> {
+        let m = &self.manifest;
+        if p.len() != m.proprio_dim || p.iter().any(|v| !v.is_finite()) {
+            return Err(QwmError::Usage(format!(
+                "proprio {p:?}: expected {} finite values",
+                m.proprio_dim
+            )));
+        }
+        Ok(p.iter()
+            .enumerate()
+            .map(|(i, v)| (v - m.proprio_mean[i]) / m.proprio_std[i])
+            .collect())
+    }
+
+    /// Normalized model actions (`[.., frameskip * action_dim]`) -> environment actions per step.
+    pub fn denormalize_action(&self, a: &[f32]) -> Vec<Vec<f32>> {
+        let m = &self.manifest;
+        a.chunks(m.action_dim)
+            .map(|c| {
+                c.iter()
+                    .enumerate()
+                    .map(|(i, v)| v * m.action_std[i] + m.action_mean[i])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Encode frames with their raw proprioception.
+    pub fn encode(&mut self, frames: &[&Frame], proprio: &[&[f32]]) -> Result<Vec<Latent>> {
+        let m = &self.manifest;
+        let b = frames.len();
+        if b == 0 || proprio.len() != b {
+            return Err(QwmError::Usage(format!(
+                "encode: {b} frames and {} proprio vectors",
+                proprio.len()
+            )));
+        }
+        let s = m.image_size;
+        let mut pix = Vec::with_capacity(b * 3 * s * s);
+        let mut pr = Vec::with_capacity(b * m.proprio_dim);
+        for (f, p) in frames.iter().zip(proprio) {
+            pix.extend(self.preprocess(f)?);
+            pr.extend(self.normalize_proprio(p)?);
+        }
+        let t0 = Instant::now();
+        let out = self.encoder.run(&[
+            (
+                "pixels",
+                TensorRef {
+                    shape: &[b, 3, s, s],
+                    data: &pix,
+                },
+            ),
+            (
+                "proprio",
+                TensorRef {
+                    shape: &[b, m.proprio_dim],
+                    data: &pr,
+                },
+            ),
+        ])?;
+        self.timers.encode += t0.elapsed();
+        let (vl, el) = (self.visual_len(), m.proprio_emb_dim);
+        check_outputs("encoder", &out, &[b * vl, b * el])?;
+        Ok((0..b)
+            .map(|i| Latent {
+                visual: out[0].data[i * vl..(i + 1) * vl].to_vec(),
+                proprio: out[1].data[i * el..(i + 1) * el].to_vec(),
+            })
+            .collect())
+    }
+
+    /// Roll `batch` candidate action sequences forward from an observed history.
+    ///
+    /// `history`: observed latents, oldest first (the last `num_hist` are used; fewer are padded by
+    /// repeating the oldest). `past_actions`: normalized model actions taken between consecutive
+    /// history frames (`history.len() - 1` of them). `actions`: `[batch, horizon, model_action_dim]`
+    /// normalized. Frame t's tokens carry the action applied at t; each predicted frame gets the
+    /// next candidate action. Returns the predicted latents after the last action.
+    pub fn rollout(
+        &mut self,
+        history: &[Latent],
+        past_actions: &[Vec<f32>],
+        actions: &[f32],
+        batch: usize,
+        horizon: usize,
+    ) -> Result<BatchLatents> {
+        let m = &self.manifest;
+        let (h, a_dim, vl, el) = (
+            m.num_hist,
+            m.model_action_dim(),
+            self.visual_len(),
+            m.proprio_emb_dim,
+        );
+        if history.is_empty() || past_actions.len() + 1 != history.len() {
+            return Err(QwmError::Usage(format!(
+                "rollout: {} history frames need {} past actions, got {}",
+                history.len(),
+                history.len().saturating_sub(1),
+                past_actions.len()
+            )));
+        }
+        if batch == 0 || horizon == 0 || actions.len() != batch * horizon * a_dim {
+            return Err(QwmError::Usage(format!(
+                "rollout: {} action values for batch {batch} x horizon {horizon} x {a_dim}",
+                actions.len()
+            )));
+        }
+        // Per-candidate frame store: shared observed frames, then predictions.
+        let n_obs = history.len().min(h);
+        let obs = &history[history.len() - n_obs..];
+        let obs_act = &past_actions[past_actions.len() + 1 - n_obs..];
+        // Sequence of frames per candidate: (visual, proprio) for obs (shared) then predicted.
+        let mut pred_v: Vec<Vec<f32>> = Vec::with_capacity(horizon); // each [batch * vl]
+        let mut pred_p: Vec<Vec<f32>> = Vec::with_capacity(horizon);
+        let mut in_v = vec![0f32; batch * h * vl];
+        let mut in_p = vec![0f32; batch * h * el];
+        let mut in_a = vec![0f32; batch * h * a_dim];
+        for k in 0..horizon {
+            // Frame indices in the virtual sequence: obs[0..n_obs] then predictions 0..k.
+            let total = n_obs + k; // frames available, the last is the current one
+            for slot in 0..h {
+                // Frame index for this slot (pad by repeating the oldest available frame).
+                let want = total as isize - h as isize + slot as isize;
+                let fi = want.max(0) as usize;
+                for c in 0..batch {
+                    let (v, p): (&[f32], &[f32]) = if fi < n_obs {
+                        (&obs[fi].visual, &obs[fi].proprio)
+                    } else {
+                        let j = fi - n_obs;
+                        (
+                            &pred_v[j][c * vl..(c + 1) * vl],
+                            &pred_p[j][c * el..(c + 1) * el],
+                        )
+                    };
+                    in_v[(c * h + slot) * vl..(c * h + slot + 1) * vl].copy_from_slice(v);
+                    in_p[(c * h + slot) * el..(c * h + slot + 1) * el].copy_from_slice(p);
+                    // Action applied at frame fi: past action for observed frames before the
+                    // current one, else the candidate's action at plan step (fi - (n_obs - 1)).
+                    let dst = &mut in_a[(c * h + slot) * a_dim..(c * h + slot + 1) * a_dim];
+                    if want < 0 {
+                        dst.fill(0.0);
+                    } else if fi + 1 < n_obs {
+                        dst.copy_from_slice(&obs_act[fi]);
+                    } else {
+                        let step = fi + 1 - n_obs;
+                        let off = (c * horizon + step) * a_dim;
+                        dst.copy_from_slice(&actions[off..off + a_dim]);
+                    }
+                }
+            }
+            let t0 = Instant::now();
+            let out = self.predictor.run(&[
+                (
+                    "visual",
+                    TensorRef {
+                        shape: &[batch, h, m.num_patches, m.visual_dim],
+                        data: &in_v,
+                    },
+                ),
+                (
+                    "proprio_emb",
+                    TensorRef {
+                        shape: &[batch, h, el],
+                        data: &in_p,
+                    },
+                ),
+                (
+                    "action",
+                    TensorRef {
+                        shape: &[batch, h, a_dim],
+                        data: &in_a,
+                    },
+                ),
+            ])?;
+            self.timers.predict += t0.elapsed();
+            self.timers.predict_calls += 1;
+            check_outputs("predictor", &out, &[batch * vl, batch * el])?;
+            let mut it = out.into_iter();
+            pred_v.push(it.next().expect("checked").data);
+            pred_p.push(it.next().expect("checked").data);
+        }
+        Ok(BatchLatents {
+            batch,
+            visual: pred_v.pop().expect("horizon >= 1"),
+            proprio: pred_p.pop().expect("horizon >= 1"),
+        })
+    }
+
+    /// DINO-WM's "last" objective per candidate: MSE over visual tokens + alpha x MSE over the
+    /// proprio embedding. Non-finite predictions score +inf (ranked last).
+    pub fn objective(&self, pred: &BatchLatents, goal: &Latent) -> Vec<f32> {
+        let (vl, el) = (self.visual_len(), self.manifest.proprio_emb_dim);
+        let alpha = self.manifest.objective.alpha as f64;
+        (0..pred.batch)
+            .map(|c| {
+                let v = &pred.visual[c * vl..(c + 1) * vl];
+                let p = &pred.proprio[c * el..(c + 1) * el];
+                let mv: f64 = v
+                    .iter()
+                    .zip(&goal.visual)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+                    / vl as f64;
+                let mp: f64 = p
+                    .iter()
+                    .zip(&goal.proprio)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+                    / el as f64;
+                let o = mv + alpha * mp;
+                if o.is_finite() {
+                    o as f32
+                } else {
+                    f32::INFINITY
+                }
+            })
+            .collect()
+    }
+}
+
+fn check_outputs(graph: &str, out: &[crate::backend::Tensor], lens: &[usize]) -> Result<()> {
+    if out.len() != lens.len() || out.iter().zip(lens).any(|(t, l)| t.data.len() != *l) {
+        return Err(QwmError::Backend {
+            backend: "any",
+            graph: graph.into(),
+            msg: format!(
+                "unexpected outputs: got lengths {:?}, expected {lens:?}",
+                out.iter().map(|t| t.data.len()).collect::<Vec<_>>()
+            ),
+        });
+    }
+    Ok(())
+}

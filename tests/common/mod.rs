@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use ndarray::ArrayD;
+use std::path::{Path, PathBuf};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped Wall bundle.
+pub fn wall() -> PathBuf {
+    root().join("models/wall")
+}
+
+/// The tiny random bundle with a 3-frame history.
+pub fn tiny_h3() -> PathBuf {
+    root().join("tests/data/tiny_h3")
+}
+
+/// Read a fixture array.
+pub fn npy(bundle: &Path, name: &str) -> ArrayD<f32> {
+    let p = bundle.join("fixtures").join(format!("{name}.npy"));
+    ndarray_npy::read_npy(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Copy a bundle folder (files only, plus fixtures) into a temporary directory.
+pub fn copy_bundle(src: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+/// max |a - b| / max |b|, failing on any non-finite value.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    assert!(
+        a.iter().all(|v| v.is_finite()),
+        "non-finite value in the output under test"
+    );
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-6);
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
+        / scale
+}

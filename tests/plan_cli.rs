@@ -1,0 +1,129 @@
+//! End-to-end: `qwm plan` on the shipped Wall model, determinism, and clear errors for bad flags.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn qwm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qwm"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(!se.contains("panicked"), "qwm {args:?} panicked: {se}");
+    (out.status.success(), so, se)
+}
+
+/// Episode results without timings (which differ run to run).
+fn outcome(json: &serde_json::Value) -> Vec<serde_json::Value> {
+    json["episodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e.as_object_mut().unwrap().remove("timings");
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn small_episode_on_the_shipped_model_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = vec![];
+    for (k, threads) in ["1", "2"].iter().enumerate() {
+        let json = dir.path().join(format!("run{k}.json"));
+        let (ok, stdout, stderr) = qwm(&[
+            "plan",
+            "--episodes",
+            "2",
+            "--samples",
+            "40",
+            "--topk",
+            "5",
+            "--opt-steps",
+            "2",
+            "--max-iter",
+            "2",
+            "--threads",
+            threads,
+            "--seed",
+            "3",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("success rate"), "{stdout}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let s = &v["summary"];
+        assert_eq!(s["episodes"], 2);
+        for k in [
+            "success_rate",
+            "mean_final_distance",
+            "plan_time_p50_s",
+            "model_time_share",
+        ] {
+            assert!(s[k].as_f64().unwrap().is_finite(), "{k}");
+        }
+        assert!(s["peak_rss_bytes"].as_u64().unwrap() > 0);
+        for e in v["episodes"].as_array().unwrap() {
+            assert!(e["final_objective"].as_f64().unwrap().is_finite());
+            assert!(e["mpc_steps"].as_u64().unwrap() >= 1);
+        }
+        runs.push(outcome(&v));
+    }
+    // Same seed, model and backend: same episodes, whatever the thread count.
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[test]
+fn bad_flags_fail_with_a_message_naming_them() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["plan", "--episodes", "0"], "--episodes"),
+        (&["plan", "--samples", "10", "--topk", "20"], "--topk"),
+        (&["plan", "--horizon", "0"], "--horizon"),
+        (&["plan", "--n-taken", "6", "--horizon", "5"], "--n-taken"),
+        (&["plan", "--model", "does/not/exist"], "does/not/exist"),
+        (&["plan", "--backend", "nope"], "--backend"),
+        (&["plan", "--env", "pusht"], "pusht"),
+        (&["plan", "--threads", "0"], "--threads"),
+        (
+            &["dataset", "--episodes", "0", "--out", "/tmp/qwm-never"],
+            "--episodes",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (ok, _, stderr) = qwm(args);
+        assert!(!ok, "qwm {args:?} should fail");
+        assert!(
+            stderr.contains(needle),
+            "qwm {args:?}: stderr does not name {needle}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn dataset_command_writes_numpy_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ds");
+    let (ok, _, stderr) = qwm(&[
+        "dataset",
+        "--episodes",
+        "2",
+        "--steps",
+        "5",
+        "--image-size",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let ds = qwm::env::dataset::Dataset::read(&out).unwrap();
+    assert_eq!(ds.frames.shape(), &[2, 6, 16, 16, 3]);
+}

@@ -1,0 +1,296 @@
+//! Bundle loading, tract parity against the PyTorch fixtures, and rollout semantics.
+
+mod common;
+use common::*;
+use qwm::backend::{make_backend, LoadOptions, TensorRef};
+use qwm::bundle::Bundle;
+use qwm::model::{Latent, WorldModel};
+
+/// Tolerance on max |tract - torch| / max |torch| per output.
+const PARITY_REL: f64 = 1e-4;
+
+fn load(dir: &std::path::Path, threads: usize) -> WorldModel {
+    let b = Bundle::open(dir).unwrap();
+    WorldModel::load(
+        &b,
+        make_backend("tract").unwrap().as_ref(),
+        &LoadOptions { threads },
+    )
+    .unwrap()
+}
+
+fn parity(dir: &std::path::Path, threads: usize) {
+    let b = Bundle::open(dir).unwrap();
+    let backend = make_backend("tract").unwrap();
+    let opts = LoadOptions { threads };
+    let enc = backend.load(&b.encoder, &opts).unwrap();
+    let pix = npy(dir, "encoder_pixels");
+    let pr = npy(dir, "encoder_proprio");
+    let out = enc
+        .run(&[
+            (
+                "pixels",
+                TensorRef {
+                    shape: pix.shape(),
+                    data: pix.as_slice().unwrap(),
+                },
+            ),
+            (
+                "proprio",
+                TensorRef {
+                    shape: pr.shape(),
+                    data: pr.as_slice().unwrap(),
+                },
+            ),
+        ])
+        .unwrap();
+    for (o, name) in out.iter().zip(["encoder_visual", "encoder_proprio_emb"]) {
+        let want = npy(dir, name);
+        assert_eq!(o.shape, want.shape(), "{name}");
+        let e = rel_err(&o.data, want.as_slice().unwrap());
+        assert!(e <= PARITY_REL, "{}: {name} rel err {e}", dir.display());
+    }
+    let pred = backend.load(&b.predictor, &opts).unwrap();
+    let (v, p, a) = (
+        npy(dir, "predictor_visual"),
+        npy(dir, "predictor_proprio_emb"),
+        npy(dir, "predictor_action"),
+    );
+    let out = pred
+        .run(&[
+            (
+                "action",
+                TensorRef {
+                    shape: a.shape(),
+                    data: a.as_slice().unwrap(),
+                },
+            ),
+            (
+                "visual",
+                TensorRef {
+                    shape: v.shape(),
+                    data: v.as_slice().unwrap(),
+                },
+            ),
+            (
+                "proprio_emb",
+                TensorRef {
+                    shape: p.shape(),
+                    data: p.as_slice().unwrap(),
+                },
+            ),
+        ])
+        .unwrap();
+    for (o, name) in out
+        .iter()
+        .zip(["predictor_next_visual", "predictor_next_proprio_emb"])
+    {
+        let want = npy(dir, name);
+        assert_eq!(o.shape, want.shape(), "{name}");
+        let e = rel_err(&o.data, want.as_slice().unwrap());
+        assert!(e <= PARITY_REL, "{}: {name} rel err {e}", dir.display());
+    }
+}
+
+#[test]
+fn shipped_wall_model_matches_pytorch() {
+    parity(&wall(), 1);
+    // Splitting the batch across threads gives the same numbers.
+    parity(&wall(), 2);
+}
+
+#[test]
+fn tiny_history_model_matches_pytorch() {
+    parity(&tiny_h3(), 1);
+    parity(&tiny_h3(), 3);
+}
+
+fn latent(v: &ndarray::ArrayD<f32>, p: &ndarray::ArrayD<f32>, b: usize, slot: usize) -> Latent {
+    let vs = v
+        .index_axis(ndarray::Axis(0), b)
+        .index_axis(ndarray::Axis(0), slot)
+        .iter()
+        .copied()
+        .collect();
+    let ps = p
+        .index_axis(ndarray::Axis(0), b)
+        .index_axis(ndarray::Axis(0), slot)
+        .iter()
+        .copied()
+        .collect();
+    Latent {
+        visual: vs,
+        proprio: ps,
+    }
+}
+
+#[test]
+fn rollout_uses_the_last_num_hist_frames_with_their_actions() {
+    let dir = tiny_h3();
+    let mut wm = load(&dir, 1);
+    let (v, p, a) = (
+        npy(&dir, "predictor_visual"),
+        npy(&dir, "predictor_proprio_emb"),
+        npy(&dir, "predictor_action"),
+    );
+    let want_v = npy(&dir, "predictor_next_visual");
+    let want_p = npy(&dir, "predictor_next_proprio_emb");
+    let ad = wm.manifest.model_action_dim();
+    for b in 0..4 {
+        let hist: Vec<Latent> = (0..3).map(|s| latent(&v, &p, b, s)).collect();
+        let acts: Vec<Vec<f32>> = (0..3)
+            .map(|s| {
+                a.index_axis(ndarray::Axis(0), b)
+                    .index_axis(ndarray::Axis(0), s)
+                    .iter()
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        // One step from three observed frames: the past actions label frames 0 and 1, the
+        // candidate's first action labels the current frame.
+        let out = wm.rollout(&hist, &acts[..2], &acts[2], 1, 1).unwrap();
+        let wv: Vec<f32> = want_v
+            .index_axis(ndarray::Axis(0), b)
+            .iter()
+            .copied()
+            .collect();
+        let wp: Vec<f32> = want_p
+            .index_axis(ndarray::Axis(0), b)
+            .iter()
+            .copied()
+            .collect();
+        assert!(rel_err(&out.visual, &wv) <= PARITY_REL);
+        assert!(rel_err(&out.proprio, &wp) <= PARITY_REL);
+        // A fourth, older frame is outside the window and changes nothing.
+        let mut longer = vec![latent(&v, &p, (b + 1) % 4, 0)];
+        longer.extend(hist.iter().cloned());
+        let mut past = vec![vec![9.0; ad]];
+        past.extend(acts[..2].iter().cloned());
+        let out2 = wm.rollout(&longer, &past, &acts[2], 1, 1).unwrap();
+        assert_eq!(out2.visual, out.visual);
+        // The oldest frame inside the window does matter (the predictor attends to it).
+        let mut changed = hist.clone();
+        changed[0] = latent(&v, &p, (b + 1) % 4, 0);
+        let out3 = wm.rollout(&changed, &acts[..2], &acts[2], 1, 1).unwrap();
+        assert_ne!(out3.visual, out.visual);
+    }
+}
+
+#[test]
+fn rollout_is_autoregressive_and_batched_consistently() {
+    let dir = tiny_h3();
+    let mut wm = load(&dir, 1);
+    let (v, p) = (
+        npy(&dir, "predictor_visual"),
+        npy(&dir, "predictor_proprio_emb"),
+    );
+    let hist = vec![latent(&v, &p, 0, 2)];
+    let ad = wm.manifest.model_action_dim();
+    let horizon = 4;
+    let batch = 5;
+    let actions: Vec<f32> = (0..batch * horizon * ad)
+        .map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0)
+        .collect();
+    let all = wm.rollout(&hist, &[], &actions, batch, horizon).unwrap();
+    assert_eq!(all.visual.len(), batch * wm.visual_len());
+    assert_eq!(all.proprio.len(), batch * wm.manifest.proprio_emb_dim);
+    for c in 0..batch {
+        let one = wm
+            .rollout(
+                &hist,
+                &[],
+                &actions[c * horizon * ad..(c + 1) * horizon * ad],
+                1,
+                horizon,
+            )
+            .unwrap();
+        let vl = wm.visual_len();
+        assert!(rel_err(&one.visual, &all.visual[c * vl..(c + 1) * vl]) < 1e-5);
+        // Horizon h equals: roll h-1 steps, then one more step from the extended history.
+        let short = wm
+            .rollout(
+                &hist,
+                &[],
+                &actions[c * horizon * ad..c * horizon * ad + (horizon - 1) * ad],
+                1,
+                horizon - 1,
+            )
+            .unwrap();
+        assert_ne!(
+            short.visual, one.visual,
+            "the last action must change the prediction"
+        );
+    }
+    // Bad arguments are errors, not panics.
+    assert!(wm
+        .rollout(&hist, &[], &actions, batch + 1, horizon)
+        .is_err());
+    assert!(wm.rollout(&[], &[], &actions, batch, horizon).is_err());
+    assert!(wm
+        .rollout(&hist, &[vec![0.0; ad]], &actions, batch, horizon)
+        .is_err());
+}
+
+#[test]
+fn bundle_errors_name_the_problem() {
+    let src = tiny_h3();
+    // Missing file.
+    let d = copy_bundle(&src);
+    std::fs::remove_file(d.path().join("predictor.onnx")).unwrap();
+    let e = Bundle::open(d.path()).err().unwrap().to_string();
+    assert!(e.contains("predictor.onnx"), "{e}");
+    // Hash mismatch (same size, one byte flipped).
+    let d = copy_bundle(&src);
+    let p = d.path().join("encoder.onnx");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x40;
+    std::fs::write(&p, bytes).unwrap();
+    let e = Bundle::open(d.path()).err().unwrap().to_string();
+    assert!(
+        e.contains("sha256 mismatch") && e.contains("encoder.onnx"),
+        "{e}"
+    );
+    // Manifest shapes that disagree with the graphs.
+    let d = copy_bundle(&src);
+    let mp = d.path().join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    m["visual_dim"] = serde_json::json!(17);
+    for (g, k) in [
+        ("encoder", "outputs"),
+        ("predictor", "inputs"),
+        ("predictor", "outputs"),
+    ] {
+        for t in m["graphs"][g][k].as_array_mut().unwrap() {
+            if t["name"] == "visual" || t["name"] == "next_visual" {
+                let n = t["shape"].as_array().unwrap().len();
+                t["shape"][n - 1] = serde_json::json!(17);
+            }
+        }
+    }
+    std::fs::write(&mp, serde_json::to_string(&m).unwrap()).unwrap();
+    let b = Bundle::open(d.path()).unwrap();
+    let e = WorldModel::load(
+        &b,
+        make_backend("tract").unwrap().as_ref(),
+        &LoadOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("predictor.onnx") || e.contains("encoder.onnx"),
+        "{e}"
+    );
+    // Wrong format version.
+    let d = copy_bundle(&src);
+    let mp = d.path().join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    m["format_version"] = serde_json::json!(99);
+    std::fs::write(&mp, serde_json::to_string(&m).unwrap()).unwrap();
+    let e = Bundle::open(d.path()).err().unwrap().to_string();
+    assert!(e.contains("format_version 99"), "{e}");
+}
