@@ -43,7 +43,12 @@ fn main() -> TractResult<()> {
         state.run_plan_with_eval(inputs.clone(), |ctx, st, node, input| {
             let t = Instant::now();
             let r = tract_core::plan::eval(ctx, st, node, input);
-            let e = times.entry(format!("{}", node.op().name())).or_default();
+            let key = if std::env::var("BY_NODE").is_ok() {
+                format!("{} {}", node.op().name(), node.name)
+            } else {
+                format!("{}", node.op().name())
+            };
+            let e = times.entry(key).or_default();
             e.0 += t.elapsed().as_secs_f64();
             e.1 += 1;
             r

@@ -14,16 +14,14 @@ Stages (each checkpointed in --work, so a killed run resumes):
  4. evaluation without a planner, ONNX export (opset 17, single files, dynamic batch), parity fixtures and
     manifest.json.
 """
-import argparse, hashlib, json, math, os, time
+import argparse, json, math, os, time
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from wm import ViTEncoder, Predictor, ObservationEncoder
-
-FORMAT_VERSION = 1
-
+from bundle_io import export_bundle
 
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
@@ -54,14 +52,6 @@ def spearman(a, b):
     rb = np.argsort(np.argsort(b)).astype(np.float64)
     ra -= ra.mean(); rb -= rb.mean()
     return float((ra * rb).sum() / math.sqrt((ra * ra).sum() * (rb * rb).sum()))
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main():
@@ -260,81 +250,26 @@ def main():
 
     # ---------------- 5. export ----------------
     obs_enc = ObservationEncoder(vit, prop_enc).eval()
-    enc_path, pred_path = os.path.join(args.out, "encoder.onnx"), os.path.join(args.out, "predictor.onnx")
-    dummy_pix = torch.zeros(2, 3, S, S); dummy_pr = torch.zeros(2, 2)
-    torch.onnx.export(obs_enc, (dummy_pix, dummy_pr), enc_path, dynamo=False, opset_version=17,
-                      input_names=["pixels", "proprio"], output_names=["visual", "proprio_emb"],
-                      dynamic_axes={"pixels": {0: "batch"}, "proprio": {0: "batch"}, "visual": {0: "batch"}, "proprio_emb": {0: "batch"}})
-    dv, dp, da = torch.zeros(2, H, N, args.enc_dim), torch.zeros(2, H, 10), torch.zeros(2, H, 2 * fs)
-    torch.onnx.export(pred, (dv, dp, da), pred_path, dynamo=False, opset_version=17,
-                      input_names=["visual", "proprio_emb", "action"], output_names=["next_visual", "next_proprio_emb"],
-                      dynamic_axes={"visual": {0: "batch"}, "proprio_emb": {0: "batch"}, "action": {0: "batch"},
-                                    "next_visual": {0: "batch"}, "next_proprio_emb": {0: "batch"}})
-
-    # parity fixtures (PyTorch outputs on held-out frames)
-    fx = os.path.join(args.out, "fixtures"); os.makedirs(fx, exist_ok=True)
     e = val_eps[np.arange(4) % len(val_eps)]; t = np.array([0, 10, 20, 30]) % (T + 1)
-    with torch.no_grad():
-        pix = to_pixels(frames[e, t]); pr = torch.from_numpy(((proprio[e, t] - p_mean) / p_std).astype(np.float32))
-        vis_o, pe_o = obs_enc(pix, pr)
-        act = model_actions(e, np.minimum(t, T - fs * H), H)
-        vis_h = vis_o[:, None].expand(-1, H, -1, -1).contiguous(); pe_h = pe_o[:, None].expand(-1, H, -1).contiguous()
-        nv, np_ = pred(vis_h, pe_h, act)
-    fixtures = {"encoder_pixels": pix, "encoder_proprio": pr, "encoder_visual": vis_o, "encoder_proprio_emb": pe_o,
-                "predictor_visual": vis_h, "predictor_proprio_emb": pe_h, "predictor_action": act,
-                "predictor_next_visual": nv, "predictor_next_proprio_emb": np_}
-    for k, v in fixtures.items():
-        np.save(os.path.join(fx, k + ".npy"), v.numpy().astype(np.float32))
-    # check with onnxruntime
-    import onnxruntime as ort
-    so = ort.SessionOptions(); so.intra_op_num_threads = 1
-    s_enc = ort.InferenceSession(enc_path, so); s_pred = ort.InferenceSession(pred_path, so)
-    o1 = s_enc.run(None, {"pixels": pix.numpy(), "proprio": pr.numpy()})
-    o2 = s_pred.run(None, {"visual": vis_h.numpy(), "proprio_emb": pe_h.numpy(), "action": act.numpy()})
-    parity = {"encoder_visual": float(np.abs(o1[0] - vis_o.numpy()).max()), "encoder_proprio_emb": float(np.abs(o1[1] - pe_o.numpy()).max()),
-              "predictor_next_visual": float(np.abs(o2[0] - nv.numpy()).max()), "predictor_next_proprio_emb": float(np.abs(o2[1] - np_.numpy()).max())}
-    log("onnxruntime vs torch max abs diff", parity)
-
-    def io(names_shapes):
-        return [{"name": n, "shape": s} for n, s in names_shapes]
-
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "name": "wall",
-        "env": "wall",
-        "image_size": S,
-        "pixel_mean": [0.5, 0.5, 0.5],
-        "pixel_std": [0.5, 0.5, 0.5],
-        "action_dim": 2,
-        "frameskip": fs,
-        "action_mean": a_mean.tolist(),
-        "action_std": a_std.tolist(),
-        "proprio_dim": 2,
-        "proprio_mean": p_mean.tolist(),
-        "proprio_std": p_std.tolist(),
-        "num_hist": H,
-        "num_patches": N,
-        "visual_dim": args.enc_dim,
-        "proprio_emb_dim": 10,
-        "objective": {"mode": "last", "alpha": 1.0},
-        "graphs": {
-            "encoder": {"file": "encoder.onnx", "sha256": sha256(enc_path), "bytes": os.path.getsize(enc_path),
-                        "inputs": io([("pixels", [-1, 3, S, S]), ("proprio", [-1, 2])]),
-                        "outputs": io([("visual", [-1, N, args.enc_dim]), ("proprio_emb", [-1, 10])])},
-            "predictor": {"file": "predictor.onnx", "sha256": sha256(pred_path), "bytes": os.path.getsize(pred_path),
-                          "inputs": io([("visual", [-1, H, N, args.enc_dim]), ("proprio_emb", [-1, H, 10]), ("action", [-1, H, 2 * fs])]),
-                          "outputs": io([("next_visual", [-1, N, args.enc_dim]), ("next_proprio_emb", [-1, 10])])},
-        },
-        "quantization": {"encoder": {"scheme": "float"}, "predictor": {"scheme": "float"}},
-        "training": {
-            "seed": args.seed, "dataset": {"episodes": E, "steps": T, "seed": meta["seed"], "held_out_episodes": int(n_val)},
-            "encoder": {"dim": args.enc_dim, "depth": args.enc_depth, "heads": 4, "patch": args.patch, "steps": args.enc_steps,
-                        "final": enc_hist[-1] if enc_hist else None},
-            "predictor": {"dim": args.enc_dim + 20, "depth": args.pred_depth, "heads": args.pred_heads, "dim_head": args.pred_dim_head,
-                          "mlp": args.pred_mlp, "steps": args.pred_steps, "rollout": R, "final": pred_hist[-1] if pred_hist else None},
-        },
+    fixture = {"pixels": to_pixels(frames[e, t]),
+               "proprio": torch.from_numpy(((proprio[e, t] - p_mean) / p_std).astype(np.float32)),
+               "action": model_actions(e, np.minimum(t, T - fs * H), H)}
+    training = {
+        "seed": args.seed,
+        "dataset": {"episodes": E, "steps": T, "seed": meta["seed"], "held_out_episodes": int(n_val)},
+        "encoder": {"dim": args.enc_dim, "depth": args.enc_depth, "heads": 4, "patch": args.patch, "steps": args.enc_steps,
+                    "objective": "per-patch pixel reconstruction + per-token state probe", "final": enc_hist[-1] if enc_hist else None},
+        "proprio_encoder": "frozen random projection (orthonormal columns x sqrt(5))",
+        "predictor": {"dim": args.enc_dim + 20, "depth": args.pred_depth, "heads": args.pred_heads, "dim_head": args.pred_dim_head,
+                      "mlp": args.pred_mlp, "steps": args.pred_steps, "batch": args.batch, "rollout": R,
+                      "final": pred_hist[-1] if pred_hist else None},
+        "eval": ev,
     }
-    json.dump(manifest, open(os.path.join(args.out, "manifest.json"), "w"), indent=2)
+    parity = export_bundle(obs_enc, pred, args.out, name="wall", env="wall", image_size=S, num_patches=N,
+                           visual_dim=args.enc_dim, num_hist=H, frameskip=fs, action_dim=2, proprio_dim=2,
+                           action_mean=a_mean, action_std=a_std, proprio_mean=p_mean, proprio_std=p_std,
+                           fixture_inputs=fixture, training=training)
+    log("onnxruntime vs torch max abs diff", parity)
     json.dump({"encoder_curve": enc_hist, "predictor_curve": pred_hist, "eval": ev, "onnx_parity_max_abs": parity},
               open(os.path.join(args.out, "training.json"), "w"), indent=1)
     log("wrote bundle to", args.out)

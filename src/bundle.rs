@@ -246,8 +246,8 @@ pub struct MappedGraph {
     pub path: PathBuf,
     /// Manifest entry.
     pub spec: GraphSpec,
-    /// Read-only mapping of the file.
-    pub bytes: Mmap,
+    /// Read-only mapping of the file (shared with sessions that decode from it later).
+    pub bytes: std::sync::Arc<Mmap>,
 }
 
 /// A loaded, verified bundle.
@@ -300,7 +300,7 @@ fn map_graph(dir: &Path, spec: &GraphSpec, verify: bool) -> Result<MappedGraph> 
     Ok(MappedGraph {
         path,
         spec: spec.clone(),
-        bytes,
+        bytes: std::sync::Arc::new(bytes),
     })
 }
 

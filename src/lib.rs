@@ -14,6 +14,7 @@ pub mod error;
 pub mod model;
 pub mod plan;
 pub mod profile;
+pub mod quant;
 pub mod report;
 
 pub use error::{QwmError, Result};

@@ -47,6 +47,42 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Post-training quantization of a float bundle into a new bundle (QDQ "simulate" form).
+    Quantize {
+        /// Float bundle.
+        #[arg(long, default_value = "models/wall")]
+        model: PathBuf,
+        /// Output bundle folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Method.
+        #[arg(long, value_enum, default_value_t = qwm::quant::Method::Rtn)]
+        method: qwm::quant::Method,
+        /// Encoder scheme: float or w<bits>[a<bits>][-g<size>][-token].
+        #[arg(long, default_value = "float")]
+        encoder: String,
+        /// Predictor scheme: float or w<bits>[a<bits>][-g<size>][-token].
+        #[arg(long, default_value = "float")]
+        predictor: String,
+        /// Form: simulate (faithful QDQ). `deploy` is not available yet.
+        #[arg(long, default_value = "simulate")]
+        form: String,
+        /// Calibration episodes (task seeds 99 n + 2, distinct from evaluation seeds 99 n + 1).
+        #[arg(long, default_value_t = 4)]
+        calib_episodes: usize,
+        /// MPC iterations per calibration episode.
+        #[arg(long, default_value_t = 2)]
+        calib_iters: usize,
+        /// CEM samples during calibration.
+        #[arg(long, default_value_t = 100)]
+        calib_samples: usize,
+        /// SmoothQuant migration strength.
+        #[arg(long, default_value_t = 0.5)]
+        smooth_alpha: f32,
+        /// Worker threads.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Show a bundle's manifest summary (and verify its files).
     Inspect {
         /// Bundle folder.
@@ -139,6 +175,51 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {episodes} episodes x {steps} steps of {env} ({image_size}x{image_size} frames) to {}", out.display());
             Ok(())
         }
+        Cmd::Quantize {
+            model,
+            out,
+            method,
+            encoder,
+            predictor,
+            form,
+            calib_episodes,
+            calib_iters,
+            calib_samples,
+            smooth_alpha,
+            threads,
+        } => {
+            if form != "simulate" {
+                bail!("--form {form}: only 'simulate' is available in this version");
+            }
+            let cfg = qwm::quant::QuantizeConfig {
+                model: model.clone(),
+                out: out.clone(),
+                method,
+                encoder: qwm::quant::scheme::Scheme::parse(&encoder, "--encoder")?,
+                predictor: qwm::quant::scheme::Scheme::parse(&predictor, "--predictor")?,
+                calib_episodes,
+                calib_iters,
+                calib_samples,
+                smooth_alpha,
+                threads: threads
+                    .unwrap_or_else(|| {
+                        std::thread::available_parallelism()
+                            .map(|n| n.get())
+                            .unwrap_or(1)
+                    })
+                    .max(1),
+            };
+            let t0 = Instant::now();
+            let backend = make_backend("tract")?;
+            qwm::quant::quantize_bundle(&cfg, backend.as_ref())
+                .with_context(|| format!("quantizing {}", model.display()))?;
+            println!(
+                "wrote {} (encoder {encoder}, predictor {predictor}, {method:?}) in {:.1} s",
+                out.display(),
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Cmd::Inspect { model } => {
             let b = Bundle::open(&model)?;
             let m = &b.manifest;
@@ -162,7 +243,37 @@ fn run(cli: Cli) -> Result<()> {
                     println!("    out {} {:?}", t.name, t.shape);
                 }
             }
-            println!("  quantization: {}", m.quantization);
+            for module in ["encoder", "predictor"] {
+                let q = &m.quantization[module];
+                println!(
+                    "  {module}: scheme {} method {} form {}",
+                    q["scheme"].as_str().unwrap_or("float"),
+                    q["method"].as_str().unwrap_or("-"),
+                    q["form"].as_str().unwrap_or("-")
+                );
+                let (mut packed, mut float) = (0u64, 0u64);
+                for l in q["layers"].as_array().map(|v| v.as_slice()).unwrap_or(&[]) {
+                    packed += l["weight_bytes_packed"].as_u64().unwrap_or(0);
+                    float += l["weight_bytes_float"].as_u64().unwrap_or(0);
+                    println!(
+                        "    {:<32} {:>4}x{:<4} w{} {:<9} scales [{:.2e}, {:.2e}] act {}",
+                        l["node"].as_str().unwrap_or("?"),
+                        l["shape"][0],
+                        l["shape"][1],
+                        l["weight_bits"],
+                        l["group"]
+                            .as_u64()
+                            .map(|g| format!("group {g}"))
+                            .unwrap_or_else(|| "per-chan".into()),
+                        l["scale_range"][0].as_f64().unwrap_or(f64::NAN),
+                        l["scale_range"][1].as_f64().unwrap_or(f64::NAN),
+                        l["activation"],
+                    );
+                }
+                if float > 0 {
+                    println!("    quantized Linear weights: {} packed vs {} float (resident in tract: float, simulate form)", qwm::profile::fmt_bytes(packed), qwm::profile::fmt_bytes(float));
+                }
+            }
             Ok(())
         }
     }

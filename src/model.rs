@@ -5,9 +5,10 @@
 //! about planners or environments.
 
 use crate::backend::{Backend, LoadOptions, Session, TensorRef};
-use crate::bundle::{Bundle, Manifest};
+use crate::bundle::{Bundle, GraphSpec, Manifest, MappedGraph};
 use crate::env::{render, Frame};
 use crate::error::{QwmError, Result};
+use crate::quant::calib::Calibration;
 use std::time::{Duration, Instant};
 
 /// One frame in latent space: visual tokens and the proprio embedding.
@@ -49,6 +50,27 @@ pub struct WorldModel {
     predictor: Box<dyn Session>,
     /// Time spent in graph calls since the last reset.
     pub timers: ModelTimers,
+    /// When set, intermediate tensors exposed by [`WorldModel::load_tapped`] are folded in here.
+    pub calibration: Option<Calibration>,
+    tap_names: [Vec<String>; 2],
+}
+
+/// Write `bytes` to a fresh private temporary file and map it (for rewritten graphs).
+fn map_temp(name: &str, bytes: &[u8], spec: GraphSpec) -> Result<MappedGraph> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("qwm-{}-{k}-{name}", std::process::id()));
+    std::fs::write(&path, bytes).map_err(|e| QwmError::io(&path, e))?;
+    let file = std::fs::File::open(&path).map_err(|e| QwmError::io(&path, e))?;
+    // SAFETY: a private file this process just wrote; removed right after mapping (the mapping
+    // stays valid on Linux until dropped).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| QwmError::io(&path, e))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(MappedGraph {
+        path: path.clone(),
+        spec,
+        bytes: std::sync::Arc::new(map),
+    })
 }
 
 impl WorldModel {
@@ -71,7 +93,61 @@ impl WorldModel {
             encoder,
             predictor,
             timers: ModelTimers::default(),
+            calibration: None,
+            tap_names: [vec![], vec![]],
         })
+    }
+
+    /// Load with extra graph outputs exposing intermediate tensors (encoder taps, predictor
+    /// taps); every call then folds them into `calibration`.
+    pub fn load_tapped(
+        bundle: &Bundle,
+        backend: &dyn Backend,
+        opts: &LoadOptions,
+        taps: [Vec<String>; 2],
+        calibration: Calibration,
+    ) -> Result<WorldModel> {
+        let mut graphs = vec![];
+        for (g, t) in [&bundle.encoder, &bundle.predictor].into_iter().zip(&taps) {
+            let mut proto = crate::quant::onnx::decode(&g.bytes, &g.spec.file)?;
+            crate::quant::onnx::expose(&mut proto, t)?;
+            let mut spec = g.spec.clone();
+            spec.outputs
+                .extend(t.iter().map(|n| crate::bundle::TensorSpec {
+                    name: n.clone(),
+                    shape: vec![],
+                }));
+            graphs.push(map_temp(
+                &g.spec.file,
+                &crate::quant::onnx::encode(&proto),
+                spec,
+            )?);
+        }
+        let encoder = backend.load(&graphs[0], opts)?;
+        let predictor = backend.load(&graphs[1], opts)?;
+        let mut wm = WorldModel::load(bundle, backend, opts)?;
+        wm.encoder = encoder;
+        wm.predictor = predictor;
+        wm.calibration = Some(calibration);
+        wm.tap_names = taps;
+        Ok(wm)
+    }
+
+    fn absorb_taps(&mut self, module: usize, out: &mut Vec<crate::backend::Tensor>) {
+        if out.len() <= 2 {
+            return;
+        }
+        let extra = out.split_off(2);
+        if let Some(c) = self.calibration.as_mut() {
+            for (t, name) in extra.iter().zip(&self.tap_names[module]) {
+                let ch = t.shape.last().copied().unwrap_or(0);
+                c.observe(
+                    &format!("{}:{name}", ["encoder", "predictor"][module]),
+                    &t.data,
+                    ch,
+                );
+            }
+        }
     }
 
     /// Visual latent width: tokens x dim.
@@ -157,7 +233,7 @@ impl WorldModel {
             pr.extend(self.normalize_proprio(p)?);
         }
         let t0 = Instant::now();
-        let out = self.encoder.run(&[
+        let mut out = self.encoder.run(&[
             (
                 "pixels",
                 TensorRef {
@@ -174,6 +250,8 @@ impl WorldModel {
             ),
         ])?;
         self.timers.encode += t0.elapsed();
+        self.absorb_taps(0, &mut out);
+        let m = &self.manifest;
         let (vl, el) = (self.visual_len(), m.proprio_emb_dim);
         check_outputs("encoder", &out, &[b * vl, b * el])?;
         Ok((0..b)
@@ -206,6 +284,7 @@ impl WorldModel {
             self.visual_len(),
             m.proprio_emb_dim,
         );
+        let (n_patches, v_dim) = (m.num_patches, m.visual_dim);
         if history.is_empty() || past_actions.len() + 1 != history.len() {
             return Err(QwmError::Usage(format!(
                 "rollout: {} history frames need {} past actions, got {}",
@@ -264,11 +343,11 @@ impl WorldModel {
                 }
             }
             let t0 = Instant::now();
-            let out = self.predictor.run(&[
+            let mut out = self.predictor.run(&[
                 (
                     "visual",
                     TensorRef {
-                        shape: &[batch, h, m.num_patches, m.visual_dim],
+                        shape: &[batch, h, n_patches, v_dim],
                         data: &in_v,
                     },
                 ),
@@ -289,6 +368,7 @@ impl WorldModel {
             ])?;
             self.timers.predict += t0.elapsed();
             self.timers.predict_calls += 1;
+            self.absorb_taps(1, &mut out);
             check_outputs("predictor", &out, &[batch * vl, batch * el])?;
             let mut it = out.into_iter();
             pred_v.push(it.next().expect("checked").data);

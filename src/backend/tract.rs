@@ -117,12 +117,8 @@ impl Backend for TractBackend {
                 ));
             }
         }
-        // Re-map the same file for the session so that plans for new batch sizes decode from it.
-        let file = std::fs::File::open(&graph.path).map_err(|e| QwmError::io(&graph.path, e))?;
-        // SAFETY: read-only private mapping; the bundle loader verified the hash of this file.
-        let bytes = Arc::new(
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| QwmError::io(&graph.path, e))?,
-        );
+        // The session shares the mapping: plans for new batch sizes decode from it.
+        let bytes = graph.bytes.clone();
         let session = TractSession {
             name,
             bytes,

@@ -1,0 +1,500 @@
+//! Post-training quantization of bundles: schemes, weight quantizers, calibration, and ONNX
+//! rewriting into standard QDQ form (the "simulate" form: faithful fake quantization).
+//!
+//! Only the Linear layers (qkv, attention output, fc1, fc2) of encoder and predictor are
+//! quantized; Softmax, the attention matmuls, LayerNorm, the patch embedding and the action /
+//! proprio encoders stay float, as in the study.
+
+pub mod calib;
+pub mod onnx;
+pub mod scheme;
+pub mod weights;
+
+use crate::backend::{Backend, LoadOptions};
+use crate::bundle::{sha256_file, Bundle, Manifest};
+use crate::episode::{run_episode, MpcConfig};
+use crate::error::{QwmError, Result};
+use crate::model::WorldModel;
+use crate::plan::cem::Cem;
+use calib::{Calibration, TensorStats};
+use onnx::{ActQuant, LinearLayer};
+use scheme::Scheme;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use weights::{quantize_matrix, Observer};
+
+/// Quantization methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Round to nearest with min-max ranges.
+    Rtn,
+    /// MSE-optimal clipping of weights (and activation ranges).
+    Omse,
+    /// Activation-aware weight scaling (per input channel, searched on calibration samples).
+    Awq,
+    /// SmoothQuant: migrate activation outliers into the weights (needs activation bits).
+    Smoothquant,
+    /// GPTQ (beyond the study): not implemented yet.
+    Gptq,
+}
+
+/// What `qwm quantize` needs.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantizeConfig {
+    /// Float bundle.
+    pub model: PathBuf,
+    /// Output bundle folder.
+    pub out: PathBuf,
+    /// Method.
+    pub method: Method,
+    /// Encoder scheme.
+    pub encoder: Scheme,
+    /// Predictor scheme.
+    pub predictor: Scheme,
+    /// Calibration episodes (training-split seeds 99 n + 2).
+    pub calib_episodes: usize,
+    /// MPC iterations per calibration episode.
+    pub calib_iters: usize,
+    /// CEM samples during calibration.
+    pub calib_samples: usize,
+    /// SmoothQuant migration strength.
+    pub smooth_alpha: f32,
+    /// Threads.
+    pub threads: usize,
+}
+
+/// Per-layer record written into the manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerRecord {
+    /// MatMul node.
+    pub node: String,
+    /// In x out features.
+    pub shape: [usize; 2],
+    /// Weight bits.
+    pub weight_bits: u32,
+    /// Group size (None: per channel).
+    pub group: Option<usize>,
+    /// Smallest / largest weight scale.
+    pub scale_range: [f32; 2],
+    /// Bytes of integer codes (at the nominal bit-width) plus f32 scales.
+    pub weight_bytes_packed: usize,
+    /// Bytes of the float weight it replaces.
+    pub weight_bytes_float: usize,
+    /// Activation quantization.
+    pub activation: Option<ActQuant>,
+    /// Calibration range of the input (after any migration).
+    pub input_range: Option<[f64; 2]>,
+    /// SmoothQuant / AWQ channel migration: where it was folded, and the chosen alpha.
+    pub migration: Option<(String, f32)>,
+}
+
+/// Per-module record.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModuleRecord {
+    /// Scheme string.
+    pub scheme: String,
+    /// Method.
+    pub method: Method,
+    /// Form (`simulate`: QDQ fake quantization).
+    pub form: String,
+    /// Layers.
+    pub layers: Vec<LayerRecord>,
+}
+
+fn rel(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Run the float model in the planner on calibration seeds, collecting Linear-input statistics.
+fn calibrate(
+    bundle: &Bundle,
+    backend: &dyn Backend,
+    cfg: &QuantizeConfig,
+    taps: [Vec<String>; 2],
+) -> Result<Calibration> {
+    let mut wm = WorldModel::load_tapped(
+        bundle,
+        backend,
+        &LoadOptions {
+            threads: cfg.threads,
+        },
+        taps,
+        Calibration::new(512),
+    )?;
+    let mut env = crate::env::make_env(&bundle.manifest.env)?;
+    let cem = Cem::new(cfg.calib_samples, (cfg.calib_samples / 10).max(1), 10, 1.0)?;
+    let mpc = MpcConfig {
+        horizon: 5,
+        n_taken: 5,
+        max_iter: cfg.calib_iters,
+        chunk: cfg.calib_samples,
+    };
+    for n in 0..cfg.calib_episodes {
+        run_episode(
+            &mut wm,
+            env.as_mut(),
+            &cem,
+            &mpc,
+            n,
+            99 * n as u64 + 2,
+            7,
+            None,
+        )?;
+    }
+    Ok(wm.calibration.take().expect("tapped model has calibration"))
+}
+
+fn smooth_scales(x_absmax: &[f64], w: &[f32], k: usize, n: usize, alpha: f64) -> Vec<f32> {
+    (0..k)
+        .map(|j| {
+            let wmax = (0..n).fold(0f64, |m, c| m.max(w[j * n + c].abs() as f64));
+            let s = x_absmax[j].max(1e-5).powf(alpha) / wmax.max(1e-5).powf(1.0 - alpha);
+            s.clamp(1e-4, 1e4) as f32
+        })
+        .collect()
+}
+
+/// Scale weight rows (input channels) by `s`.
+fn scale_rows(w: &[f32], n: usize, s: &[f32]) -> Vec<f32> {
+    w.iter().enumerate().map(|(i, v)| v * s[i / n]).collect()
+}
+
+fn matmul_err(x: &[Vec<f32>], w: &[f32], wq: &[f32], s: &[f32], n: usize) -> f64 {
+    let mut err = 0f64;
+    for row in x {
+        for c in 0..n {
+            let (mut a, mut b) = (0f64, 0f64);
+            for (j, &xv) in row.iter().enumerate() {
+                a += xv as f64 * w[j * n + c] as f64;
+                b += (xv / s[j]) as f64 * wq[j * n + c] as f64;
+            }
+            err += (a - b).powi(2);
+        }
+    }
+    err
+}
+
+fn static_range(st: &TensorStats, s: Option<&[f32]>) -> (f64, f64) {
+    match s {
+        None => (st.min, st.max),
+        Some(s) => {
+            let lo = st
+                .chan_min
+                .iter()
+                .zip(s)
+                .map(|(v, s)| v / *s as f64)
+                .fold(f64::INFINITY, f64::min);
+            let hi = st
+                .chan_max
+                .iter()
+                .zip(s)
+                .map(|(v, s)| v / *s as f64)
+                .fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        }
+    }
+}
+
+/// OMSE range for activations: shrink the calibrated range in 1% steps (up to 90) keeping the one
+/// with the least L2 error on the sampled rows.
+fn omse_range(st: &TensorStats, lo: f64, hi: f64, bits: u32, s: Option<&[f32]>) -> (f64, f64) {
+    let vals: Vec<f64> = st
+        .sample
+        .iter()
+        .flat_map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(j, v)| *v as f64 / s.map(|s| s[j] as f64).unwrap_or(1.0))
+        })
+        .collect();
+    if vals.is_empty() {
+        return (lo, hi);
+    }
+    let mut best = (f64::INFINITY, lo, hi);
+    for i in 0..90 {
+        let r = 1.0 - 0.01 * i as f64;
+        let (a, b) = (lo * r, hi * r);
+        let (scale, zp) = onnx::act_params(a, b, bits);
+        let (scale, zp) = (scale as f64, zp as f64);
+        let qmax = ((1u64 << bits) - 1) as f64;
+        let err: f64 = vals
+            .iter()
+            .map(|v| {
+                let q = ((v / scale).round_ties_even() + zp).clamp(0.0, qmax);
+                (v - (q - zp) * scale).powi(2)
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, a, b);
+        }
+    }
+    (best.1, best.2)
+}
+
+fn quantize_module(
+    proto: &mut tract_onnx::pb::ModelProto,
+    module: &str,
+    scheme: Scheme,
+    cfg: &QuantizeConfig,
+    calib: Option<&Calibration>,
+) -> Result<ModuleRecord> {
+    let layers = onnx::find_linears(proto);
+    let mut records = vec![];
+    let wbits = scheme.weight_bits.expect("quantized scheme");
+    for layer in &layers {
+        let LinearLayer { k, n, .. } = *layer;
+        let stats = calib.and_then(|c| c.tensors.get(&format!("{module}:{}", layer.input)));
+        let mut w = onnx::initializer(proto, &layer.weight)?;
+        let mut migration: Option<(Vec<f32>, f32)> = None;
+        match cfg.method {
+            Method::Smoothquant => {
+                let st = stats.ok_or_else(|| {
+                    QwmError::Usage(format!("no calibration data for {}", layer.input))
+                })?;
+                let s = smooth_scales(&st.chan_absmax, &w, k, n, cfg.smooth_alpha as f64);
+                migration = Some((s, cfg.smooth_alpha));
+            }
+            Method::Awq => {
+                let st = stats.ok_or_else(|| {
+                    QwmError::Usage(format!("no calibration data for {}", layer.input))
+                })?;
+                let mean = st.chan_absmean();
+                let mut best: Option<(f64, Vec<f32>, f32)> = None;
+                for i in 0..=20 {
+                    let alpha = i as f64 / 20.0;
+                    let raw: Vec<f64> = mean.iter().map(|m| m.max(1e-6).powf(alpha)).collect();
+                    let (mx, mn) = raw
+                        .iter()
+                        .fold((0f64, f64::INFINITY), |(a, b), v| (a.max(*v), b.min(*v)));
+                    let norm = (mx * mn).sqrt().max(1e-12);
+                    let s: Vec<f32> = raw
+                        .iter()
+                        .map(|v| (v / norm).clamp(1e-4, 1e4) as f32)
+                        .collect();
+                    let ws = scale_rows(&w, n, &s);
+                    let q = quantize_matrix(&ws, k, n, wbits, scheme.group, Observer::Rtn)?
+                        .dequantize();
+                    let e = matmul_err(&st.sample, &w, &q, &s, n);
+                    if best.as_ref().is_none_or(|b| e < b.0) {
+                        best = Some((e, s, alpha as f32));
+                    }
+                }
+                let (_, s, alpha) = best.expect("grid is not empty");
+                migration = Some((s, alpha));
+            }
+            Method::Gptq => {
+                return Err(QwmError::Usage(
+                    "--method gptq is not implemented yet (use rtn, omse, awq or smoothquant)"
+                        .into(),
+                ))
+            }
+            Method::Rtn | Method::Omse => {}
+        }
+        let mut folded = None;
+        let mut act_layer = layer.clone();
+        if let Some((s, alpha)) = &migration {
+            w = scale_rows(&w, n, s);
+            onnx::set_initializer(proto, &layer.weight, &w)?;
+            let (place, input) = onnx::scale_input_channels(proto, layer, s)?;
+            act_layer.input = input;
+            folded = Some((place.to_string(), *alpha));
+        }
+        let observer = if cfg.method == Method::Omse {
+            Observer::Omse
+        } else {
+            Observer::Rtn
+        };
+        let q = quantize_matrix(&w, k, n, wbits, scheme.group, observer)
+            .map_err(|e| QwmError::Usage(format!("{}: {}", layer.node, rel(e))))?;
+        let scale_range = q
+            .scales
+            .iter()
+            .fold([f32::INFINITY, f32::NEG_INFINITY], |r, s| {
+                [r[0].min(*s), r[1].max(*s)]
+            });
+        let packed = (k * n * wbits as usize).div_ceil(8) + 4 * q.scales.len();
+        onnx::rewrite_weight(proto, layer, &q)?;
+        let (mut activation, mut input_range) = (None, None);
+        if let Some(abits) = scheme.act_bits {
+            let a = if scheme.per_token {
+                ActQuant::PerToken { bits: abits }
+            } else {
+                let st = stats.ok_or_else(|| {
+                    QwmError::Usage(format!("no calibration data for {}", layer.input))
+                })?;
+                let s = migration.as_ref().map(|m| m.0.as_slice());
+                let (mut lo, mut hi) = static_range(st, s);
+                if cfg.method == Method::Omse {
+                    (lo, hi) = omse_range(st, lo, hi, abits, s);
+                }
+                if !(lo.is_finite() && hi.is_finite()) {
+                    return Err(QwmError::Numeric(format!(
+                        "calibration range of {} is not finite",
+                        layer.input
+                    )));
+                }
+                input_range = Some([lo, hi]);
+                let (scale, zero_point) = onnx::act_params(lo, hi, abits);
+                ActQuant::Static {
+                    bits: abits,
+                    scale,
+                    zero_point,
+                }
+            };
+            onnx::rewrite_activation(proto, &act_layer, a)?;
+            activation = Some(a);
+        }
+        records.push(LayerRecord {
+            node: layer.node.clone(),
+            shape: [k, n],
+            weight_bits: wbits,
+            group: scheme.group,
+            scale_range,
+            weight_bytes_packed: packed,
+            weight_bytes_float: 4 * k * n,
+            activation,
+            input_range,
+            migration: folded,
+        });
+    }
+    Ok(ModuleRecord {
+        scheme: scheme.to_string(),
+        method: cfg.method,
+        form: "simulate".into(),
+        layers: records,
+    })
+}
+
+/// Quantize a float bundle into a new bundle folder. Returns the written manifest.
+pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Manifest> {
+    if cfg.encoder.is_float() && cfg.predictor.is_float() {
+        return Err(QwmError::Usage(
+            "--encoder and --predictor are both 'float': nothing to quantize".into(),
+        ));
+    }
+    if cfg.method == Method::Smoothquant
+        && [cfg.encoder, cfg.predictor]
+            .iter()
+            .any(|s| !s.is_float() && (s.act_bits.is_none() || s.per_token))
+    {
+        return Err(QwmError::Usage("--method smoothquant needs static activation bits (e.g. w8a8) on every quantized module".into()));
+    }
+    if cfg.method == Method::Gptq {
+        return Err(QwmError::Usage(
+            "--method gptq is not implemented yet (use rtn, omse, awq or smoothquant)".into(),
+        ));
+    }
+    if cfg.calib_episodes == 0 || cfg.calib_iters == 0 || cfg.calib_samples < 2 {
+        return Err(QwmError::Usage(
+            "--calib-episodes and --calib-iters must be at least 1, --calib-samples at least 2"
+                .into(),
+        ));
+    }
+    let bundle = Bundle::open(&cfg.model)?;
+    let already = ["encoder", "predictor"].iter().any(|m| {
+        bundle
+            .manifest
+            .quantization
+            .get(m)
+            .and_then(|v| v.get("scheme"))
+            .and_then(|s| s.as_str())
+            .is_some_and(|s| s != "float")
+    });
+    if already {
+        return Err(QwmError::bundle(
+            &cfg.model,
+            "is already quantized: quantize the float bundle",
+        ));
+    }
+    let mut protos = [
+        onnx::decode(&bundle.encoder.bytes, &bundle.encoder.spec.file)?,
+        onnx::decode(&bundle.predictor.bytes, &bundle.predictor.spec.file)?,
+    ];
+    let schemes = [cfg.encoder, cfg.predictor];
+    let needs_calib = cfg.method == Method::Awq
+        || cfg.method == Method::Smoothquant
+        || schemes.iter().any(|s| s.act_bits.is_some() && !s.per_token);
+    let calib = if needs_calib {
+        let taps: Vec<Vec<String>> = protos
+            .iter()
+            .zip(&schemes)
+            .map(|(p, s)| {
+                if s.is_float() {
+                    vec![]
+                } else {
+                    let mut v: Vec<String> =
+                        onnx::find_linears(p).into_iter().map(|l| l.input).collect();
+                    v.dedup();
+                    v
+                }
+            })
+            .collect();
+        Some(calibrate(
+            &bundle,
+            backend,
+            cfg,
+            [taps[0].clone(), taps[1].clone()],
+        )?)
+    } else {
+        None
+    };
+    std::fs::create_dir_all(&cfg.out).map_err(|e| QwmError::io(&cfg.out, e))?;
+    if cfg.out.canonicalize().ok() == cfg.model.canonicalize().ok() {
+        return Err(QwmError::Usage("--out must differ from --model".into()));
+    }
+    let mut manifest = bundle.manifest.clone();
+    let mut record = serde_json::Map::new();
+    for (i, (module, scheme)) in ["encoder", "predictor"]
+        .into_iter()
+        .zip(schemes)
+        .enumerate()
+    {
+        let rec = if scheme.is_float() {
+            serde_json::json!({"scheme": "float"})
+        } else {
+            serde_json::to_value(quantize_module(
+                &mut protos[i],
+                module,
+                scheme,
+                cfg,
+                calib.as_ref(),
+            )?)
+            .expect("serializable")
+        };
+        record.insert(module.into(), rec);
+    }
+    record.insert(
+        "calibration".into(),
+        serde_json::json!({
+            "episodes": cfg.calib_episodes, "iters": cfg.calib_iters, "samples": cfg.calib_samples,
+            "task_seeds": (0..cfg.calib_episodes).map(|n| 99 * n as u64 + 2).collect::<Vec<_>>(),
+            "used": needs_calib,
+        }),
+    );
+    record.insert(
+        "source".into(),
+        serde_json::json!(cfg.model.display().to_string()),
+    );
+    for (i, spec) in [&mut manifest.graphs.encoder, &mut manifest.graphs.predictor]
+        .into_iter()
+        .enumerate()
+    {
+        let path = cfg.out.join(&spec.file);
+        write_atomic(&path, &onnx::encode(&protos[i]))?;
+        spec.sha256 = sha256_file(&path)?;
+        spec.bytes = std::fs::metadata(&path)
+            .map_err(|e| QwmError::io(&path, e))?
+            .len();
+    }
+    manifest.quantization = serde_json::Value::Object(record);
+    let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    write_atomic(&cfg.out.join("manifest.json"), text.as_bytes())?;
+    Ok(manifest)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| QwmError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| QwmError::io(path, e))
+}

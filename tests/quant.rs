@@ -1,0 +1,546 @@
+//! Quantizer tests against an independent float64 reference of the study's semantics.
+
+mod common;
+use common::*;
+use prost::Message;
+use qwm::backend::{make_backend, LoadOptions, TensorRef};
+use qwm::bundle::{Bundle, GraphSpec, MappedGraph, TensorSpec};
+use qwm::quant::onnx::{self as qonnx, ActQuant, LinearLayer};
+use qwm::quant::scheme::Scheme;
+use qwm::quant::weights::{quantize_matrix, Observer};
+use qwm::quant::{quantize_bundle, Method, QuantizeConfig};
+use tract_onnx::pb;
+
+// ---------- float64 reference (written independently of src/quant) ----------
+
+fn ref_range(bits: u32) -> (f64, f64) {
+    let q = 2f64.powi(bits as i32 - 1);
+    (-q, q - 1.0)
+}
+
+/// Reference dequantized block: symmetric, scale = absmax * ratio / ((qmax - qmin) / 2).
+fn ref_block(vals: &[f64], bits: u32, ratio: f64) -> (Vec<f64>, f64) {
+    let (qmin, qmax) = ref_range(bits);
+    let absmax = vals.iter().fold(0f64, |m, v| m.max(v.abs())) * ratio;
+    let scale = if absmax > 0.0 {
+        absmax / ((qmax - qmin) / 2.0)
+    } else {
+        1.0
+    };
+    (
+        vals.iter()
+            .map(|v| (v / scale).round_ties_even().clamp(qmin, qmax) * scale)
+            .collect(),
+        scale,
+    )
+}
+
+fn ref_dequant(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bits: u32,
+    group: Option<usize>,
+    omse: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let g = group.unwrap_or(k);
+    let mut out = vec![0f64; k * n];
+    let mut steps = vec![0f64; k * n];
+    for c in 0..n {
+        let mut r0 = 0;
+        while r0 < k {
+            let r1 = (r0 + g).min(k);
+            let vals: Vec<f64> = (r0..r1).map(|r| w[r * n + c] as f64).collect();
+            let (mut best, mut best_err, mut best_scale) = (vec![], f64::INFINITY, 0.0);
+            let ratios: Vec<f64> = if omse {
+                (0..=100).map(|i| 0.35 + 0.0065 * i as f64).collect()
+            } else {
+                vec![1.0]
+            };
+            for ratio in ratios {
+                let (d, s) = ref_block(&vals, bits, ratio);
+                let e: f64 = d.iter().zip(&vals).map(|(a, b)| (a - b).powi(2)).sum();
+                if e < best_err {
+                    (best, best_err, best_scale) = (d, e, s);
+                }
+            }
+            for (i, r) in (r0..r1).enumerate() {
+                out[r * n + c] = best[i];
+                steps[r * n + c] = best_scale;
+            }
+            r0 = r1;
+        }
+    }
+    (out, steps)
+}
+
+/// Dequantize a quantized weight straight from an ONNX file's initializers.
+fn dequant_from_onnx(m: &pb::ModelProto, weight: &str, k: usize, n: usize) -> Vec<f64> {
+    let g = m.graph.as_ref().unwrap();
+    let find = |name: String| {
+        g.initializer
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let codes: Vec<f64> = find(format!("{weight}_quant"))
+        .raw_data
+        .iter()
+        .map(|b| *b as i8 as f64)
+        .collect();
+    let st = find(format!("{weight}_scale"));
+    let scales: Vec<f64> = st
+        .raw_data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+        .collect();
+    let mut out = vec![0f64; k * n];
+    if st.dims.len() == 1 {
+        for r in 0..k {
+            for c in 0..n {
+                out[r * n + c] = codes[r * n + c] * scales[c];
+            }
+        }
+    } else {
+        let gs = st.dims.len();
+        let gsize = find(format!("{weight}_quant")).dims[1] as usize;
+        assert_eq!(gs, 3);
+        for r in 0..k {
+            for c in 0..n {
+                out[r * n + c] = codes[r * n + c] * scales[(r / gsize) * n + c];
+            }
+        }
+    }
+    out
+}
+
+fn cfg(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    method: Method,
+    enc: &str,
+    pred: &str,
+) -> QuantizeConfig {
+    QuantizeConfig {
+        model: model.to_path_buf(),
+        out: out.to_path_buf(),
+        method,
+        encoder: Scheme::parse(enc, "--encoder").unwrap(),
+        predictor: Scheme::parse(pred, "--predictor").unwrap(),
+        calib_episodes: 1,
+        calib_iters: 1,
+        calib_samples: 16,
+        smooth_alpha: 0.5,
+        threads: 1,
+    }
+}
+
+#[test]
+fn dequantized_weights_match_the_reference_for_every_scheme() {
+    let src = tiny_h3();
+    let b = Bundle::open(&src).unwrap();
+    let float = [
+        qonnx::decode(&b.encoder.bytes, "enc").unwrap(),
+        qonnx::decode(&b.predictor.bytes, "pred").unwrap(),
+    ];
+    let backend = make_backend("tract").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for method in [Method::Rtn, Method::Omse] {
+        for bits in [8u32, 6, 4, 3] {
+            for group in [None, Some(8), Some(12)] {
+                let scheme = match group {
+                    None => format!("w{bits}"),
+                    Some(g) => format!("w{bits}-g{g}"),
+                };
+                let out = tmp.path().join(format!("{method:?}-{scheme}"));
+                quantize_bundle(&cfg(&src, &out, method, &scheme, &scheme), backend.as_ref())
+                    .unwrap();
+                let qb = Bundle::open(&out).unwrap();
+                let q = [
+                    qonnx::decode(&qb.encoder.bytes, "enc").unwrap(),
+                    qonnx::decode(&qb.predictor.bytes, "pred").unwrap(),
+                ];
+                for (f, qm) in float.iter().zip(&q) {
+                    let layers = qonnx::find_linears(f);
+                    assert!(!layers.is_empty());
+                    for l in layers {
+                        let w = qonnx::initializer(f, &l.weight).unwrap();
+                        let (want, steps) =
+                            ref_dequant(&w, l.k, l.n, bits, group, method == Method::Omse);
+                        let got = dequant_from_onnx(qm, &l.weight, l.k, l.n);
+                        let mut exact = 0;
+                        for i in 0..got.len() {
+                            let d = (got[i] - want[i]).abs();
+                            // Exactly, or within one rounding step (f32-stored scales, ties).
+                            assert!(
+                                d <= steps[i] * 1.0001 + 1e-12,
+                                "{method:?} {scheme} {}: {} vs {}",
+                                l.node,
+                                got[i],
+                                want[i]
+                            );
+                            if d > steps[i] * 1e-4 + 1e-12 && std::env::var("QDEBUG").is_ok() {
+                                eprintln!(
+                                    "i {i} w {} got {} want {} step {}",
+                                    w[i], got[i], want[i], steps[i]
+                                );
+                            }
+                            if d <= steps[i] * 1e-4 + 1e-12 {
+                                exact += 1;
+                            }
+                        }
+                        assert!(
+                            exact as f64 >= 0.99 * got.len() as f64,
+                            "{method:?} {scheme} {}: only {exact}/{} exact",
+                            l.node,
+                            got.len()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A graph with one Linear layer: y = x @ W, x [B, T, K].
+fn one_linear(k: usize, n: usize, w: &[f32]) -> pb::ModelProto {
+    let vi = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| pb::tensor_shape_proto::Dimension {
+                            value: Some(if *d < 0 {
+                                pb::tensor_shape_proto::dimension::Value::DimParam("batch".into())
+                            } else {
+                                pb::tensor_shape_proto::dimension::Value::DimValue(*d)
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "one_linear".into(),
+            node: vec![pb::NodeProto {
+                op_type: "MatMul".into(),
+                name: "fc/MatMul".into(),
+                input: vec!["x".into(), "W".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            initializer: vec![qonnx::f32_tensor("W", &[k as i64, n as i64], w)],
+            input: vec![vi("x", &[-1, 3, k as i64])],
+            output: vec![vi("y", &[-1, 3, n as i64])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn run_graph(m: &pb::ModelProto, x: &[f32], b: usize, k: usize, n: usize) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g.onnx");
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    let spec = GraphSpec {
+        file: "g.onnx".into(),
+        sha256: String::new(),
+        bytes: 0,
+        inputs: vec![TensorSpec {
+            name: "x".into(),
+            shape: vec![-1, 3, k as i64],
+        }],
+        outputs: vec![TensorSpec {
+            name: "y".into(),
+            shape: vec![-1, 3, n as i64],
+        }],
+    };
+    let g = MappedGraph {
+        path: p.clone(),
+        spec,
+        bytes: std::sync::Arc::new(unsafe { memmap2::Mmap::map(&f).unwrap() }),
+    };
+    let s = make_backend("tract")
+        .unwrap()
+        .load(&g, &LoadOptions::default())
+        .unwrap();
+    s.run(&[(
+        "x",
+        TensorRef {
+            shape: &[b, 3, k],
+            data: x,
+        },
+    )])
+    .unwrap()
+    .remove(0)
+    .data
+}
+
+fn ref_act(x: &[f32], scale: f64, zp: f64, bits: u32) -> Vec<f64> {
+    let qmax = 2f64.powi(bits as i32) - 1.0;
+    x.iter()
+        .map(|v| (((*v as f64) / scale).round_ties_even() + zp).clamp(0.0, qmax) - zp)
+        .map(|q| q * scale)
+        .collect()
+}
+
+fn ref_matmul(x: &[f64], w: &[f64], rows: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut y = vec![0f64; rows * n];
+    for r in 0..rows {
+        for c in 0..n {
+            y[r * n + c] = (0..k).map(|j| x[r * k + j] * w[j * n + c]).sum();
+        }
+    }
+    y
+}
+
+#[test]
+fn quantized_linear_layer_in_tract_matches_the_reference() {
+    let (b, k, n) = (4usize, 24usize, 10usize);
+    let w: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 7919 % 101) as f32 / 50.0 - 1.0) * 0.3)
+        .collect();
+    let x: Vec<f32> = (0..b * 3 * k)
+        .map(|i| ((i * 104729 % 997) as f32 / 498.5 - 1.0) * 2.0 + 0.3)
+        .collect();
+    let layer = LinearLayer {
+        node: "fc/MatMul".into(),
+        weight: "W".into(),
+        input: "x".into(),
+        k,
+        n,
+    };
+    /// Tolerance on max |tract - reference| / max |reference|.
+    const TOL: f64 = 1e-4;
+    for (bits, group) in [(8u32, None), (4, Some(8)), (3, Some(5)), (6, None)] {
+        for act in [
+            None,
+            Some((8u32, false)),
+            Some((6, false)),
+            Some((4, false)),
+            Some((8, true)),
+            Some((4, true)),
+        ] {
+            let mut m = one_linear(k, n, &w);
+            let q = quantize_matrix(&w, k, n, bits, group, Observer::Rtn).unwrap();
+            qonnx::rewrite_weight(&mut m, &layer, &q).unwrap();
+            let (wref, _) = ref_dequant(&w, k, n, bits, group, false);
+            let xref: Vec<f64> = match act {
+                None => x.iter().map(|v| *v as f64).collect(),
+                Some((ab, false)) => {
+                    let (lo, hi) = x
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, c), v| {
+                            (a.min(*v as f64), c.max(*v as f64))
+                        });
+                    let (scale, zp) = qonnx::act_params(lo, hi, ab);
+                    // The reference recomputes the parameters in f64 and checks them.
+                    let qmax = 2f64.powi(ab as i32) - 1.0;
+                    let s64 = (hi - lo) / qmax;
+                    assert!(((scale as f64) - s64).abs() <= s64 * 1e-6);
+                    assert_eq!(zp as f64, (-(lo / s64).round_ties_even()).clamp(0.0, qmax));
+                    qonnx::rewrite_activation(
+                        &mut m,
+                        &layer,
+                        ActQuant::Static {
+                            bits: ab,
+                            scale,
+                            zero_point: zp,
+                        },
+                    )
+                    .unwrap();
+                    ref_act(&x, scale as f64, zp as f64, ab)
+                }
+                Some((ab, true)) => {
+                    qonnx::rewrite_activation(&mut m, &layer, ActQuant::PerToken { bits: ab })
+                        .unwrap();
+                    let qmax = 2f64.powi(ab as i32) - 1.0;
+                    x.chunks(k)
+                        .flat_map(|row| {
+                            let (lo, hi) = row
+                                .iter()
+                                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, c), v| {
+                                    (a.min(*v as f64), c.max(*v as f64))
+                                });
+                            let scale = ((hi - lo) / qmax).max(1e-8);
+                            let zp = (-(lo / scale).round_ties_even()).clamp(0.0, qmax);
+                            ref_act(row, scale, zp, ab)
+                        })
+                        .collect()
+                }
+            };
+            let want = ref_matmul(&xref, &wref, b * 3, k, n);
+            let got = run_graph(&m, &x, b, k, n);
+            let want32: Vec<f32> = want.iter().map(|v| *v as f32).collect();
+            let e = rel_err(&got, &want32);
+            assert!(e <= TOL, "w{bits} {group:?} act {act:?}: rel err {e}");
+        }
+    }
+}
+
+#[test]
+fn channel_migration_is_an_identity_before_quantization() {
+    let (b, k, n) = (2usize, 12usize, 5usize);
+    let w: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 31 % 17) as f32 / 8.0 - 1.0) * 0.5)
+        .collect();
+    let x: Vec<f32> = (0..b * 3 * k)
+        .map(|i| (i * 13 % 29) as f32 / 7.0 - 2.0)
+        .collect();
+    let layer = LinearLayer {
+        node: "fc/MatMul".into(),
+        weight: "W".into(),
+        input: "x".into(),
+        k,
+        n,
+    };
+    let s: Vec<f32> = (0..k).map(|j| 0.25 + j as f32 * 0.3).collect();
+    let mut m = one_linear(k, n, &w);
+    let ws: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * s[i / n]).collect();
+    qonnx::set_initializer(&mut m, "W", &ws).unwrap();
+    let (place, input) = qonnx::scale_input_channels(&mut m, &layer, &s).unwrap();
+    assert_eq!(place, "mul");
+    assert_ne!(input, "x");
+    let want = ref_matmul(
+        &x.iter().map(|v| *v as f64).collect::<Vec<_>>(),
+        &w.iter().map(|v| *v as f64).collect::<Vec<_>>(),
+        b * 3,
+        k,
+        n,
+    );
+    let got = run_graph(&m, &x, b, k, n);
+    assert!(rel_err(&got, &want.iter().map(|v| *v as f32).collect::<Vec<_>>()) < 1e-5);
+}
+
+#[test]
+fn quantized_bundles_stay_close_to_float_at_8_bits_and_plan() {
+    let src = tiny_h3();
+    let backend = make_backend("tract").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = src.clone();
+    let pix = npy(&dir, "encoder_pixels");
+    let pr = npy(&dir, "encoder_proprio");
+    let run_enc = |bundle: &std::path::Path| {
+        let b = Bundle::open(bundle).unwrap();
+        let s = backend.load(&b.encoder, &LoadOptions::default()).unwrap();
+        s.run(&[
+            (
+                "pixels",
+                TensorRef {
+                    shape: pix.shape(),
+                    data: pix.as_slice().unwrap(),
+                },
+            ),
+            (
+                "proprio",
+                TensorRef {
+                    shape: pr.shape(),
+                    data: pr.as_slice().unwrap(),
+                },
+            ),
+        ])
+        .unwrap()
+        .remove(0)
+        .data
+    };
+    let float = run_enc(&src);
+    for (method, scheme, tol) in [
+        (Method::Rtn, "w8", 0.02),
+        (Method::Rtn, "w8a8", 0.05),
+        (Method::Omse, "w8a8-token", 0.05),
+        // The fixture's pixels are uniform noise, outside the calibration data (environment
+        // frames), so static ranges clip more than on real frames.
+        (Method::Smoothquant, "w8a8", 0.08),
+        (Method::Awq, "w4-g8", 0.5),
+        (Method::Rtn, "w3", 2.0),
+    ] {
+        let out = tmp.path().join(format!("{method:?}-{scheme}"));
+        quantize_bundle(&cfg(&src, &out, method, scheme, scheme), backend.as_ref()).unwrap();
+        let q = run_enc(&out);
+        let e = rel_err(&q, &float);
+        assert!(
+            e <= tol,
+            "{method:?} {scheme}: encoder output rel err {e} vs float"
+        );
+        // The quantized bundle plans.
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
+            .args([
+                "plan",
+                "--model",
+                out.to_str().unwrap(),
+                "--episodes",
+                "1",
+                "--samples",
+                "8",
+                "--topk",
+                "2",
+                "--opt-steps",
+                "1",
+                "--max-iter",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+}
+
+#[test]
+fn quantize_refuses_bad_requests_clearly() {
+    let src = tiny_h3();
+    let backend = make_backend("tract").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let e = quantize_bundle(
+        &cfg(&src, tmp.path(), Method::Rtn, "float", "float"),
+        backend.as_ref(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("nothing to quantize"), "{e}");
+    let e = quantize_bundle(
+        &cfg(&src, tmp.path(), Method::Smoothquant, "w8", "float"),
+        backend.as_ref(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("smoothquant"), "{e}");
+    let e = quantize_bundle(
+        &cfg(&src, tmp.path(), Method::Gptq, "w8", "w8"),
+        backend.as_ref(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("gptq"), "{e}");
+    // Quantizing a quantized bundle is refused.
+    let q = tmp.path().join("q");
+    quantize_bundle(&cfg(&src, &q, Method::Rtn, "w8", "w8"), backend.as_ref()).unwrap();
+    let e = quantize_bundle(
+        &cfg(&q, &tmp.path().join("qq"), Method::Rtn, "w8", "w8"),
+        backend.as_ref(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("already quantized"), "{e}");
+}
