@@ -16,7 +16,7 @@ def sha256(path):
 
 def export_bundle(obs_enc, pred, out, *, name, env, image_size, num_patches, visual_dim, num_hist, frameskip,
                   action_dim, proprio_dim, action_mean, action_std, proprio_mean, proprio_std, fixture_inputs,
-                  training=None, alpha=1.0):
+                  training=None, alpha=1.0, action_low=None, action_high=None):
     """Export both graphs (opset 17, single files, dynamic batch), parity fixtures and the manifest.
 
     fixture_inputs: dict with pixels [B,3,S,S], proprio [B,P] (normalized) and action [B,H,A*fs] tensors.
@@ -64,6 +64,8 @@ def export_bundle(obs_enc, pred, out, *, name, env, image_size, num_patches, vis
         "pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.5, 0.5, 0.5],
         "action_dim": action_dim, "frameskip": frameskip,
         "action_mean": [float(v) for v in action_mean], "action_std": [float(v) for v in action_std],
+        **({"action_low": [float(v) for v in action_low], "action_high": [float(v) for v in action_high]}
+           if action_low is not None else {}),
         "proprio_dim": proprio_dim,
         "proprio_mean": [float(v) for v in proprio_mean], "proprio_std": [float(v) for v in proprio_std],
         "num_hist": H, "num_patches": N, "visual_dim": D, "proprio_emb_dim": E,

@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--num-hist", type=int, default=1)
     ap.add_argument("--frameskip", type=int, default=5)
     ap.add_argument("--rollout", type=int, default=3, help="sequence length (transitions) per predictor sample")
+    ap.add_argument("--init-predictor", default=None, help="fine-tune: start from this predictor checkpoint")
+    ap.add_argument("--lr", type=float, default=5e-4)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -173,18 +175,21 @@ def main():
     pred = Predictor(N, args.enc_dim, H, depth=args.pred_depth, heads=args.pred_heads, dim_head=args.pred_dim_head,
                      mlp_dim=args.pred_mlp, emb_dim=10, action_in=2 * fs)
     pred_ckpt = os.path.join(args.work, "predictor.pt")
-    opt = torch.optim.AdamW(pred.parameters(), lr=5e-4, weight_decay=0.01)
+    opt = torch.optim.AdamW(pred.parameters(), lr=args.lr, weight_decay=0.01)
     start, pred_hist = 0, []
     if os.path.exists(pred_ckpt):
         ck = torch.load(pred_ckpt)
         pred.load_state_dict(ck["pred"]); opt.load_state_dict(ck["opt"]); start = ck["step"]; pred_hist = ck["hist"]
         log(f"predictor: resumed at step {start}")
+    elif args.init_predictor:
+        pred.load_state_dict(torch.load(args.init_predictor)["pred"])
+        log(f"predictor: fine-tuning from {args.init_predictor}")
     L = H + R  # frames per sample
     span = (L - 1) * fs
     t0 = time.time()
     for step in range(start, args.pred_steps):
         for g_ in opt.param_groups:
-            g_["lr"] = cosine_lr(step, args.pred_steps, 5e-4)
+            g_["lr"] = cosine_lr(step, args.pred_steps, args.lr)
         e = rng.choice(train_eps, args.batch); ts = rng.integers(0, T - span + 1, args.batch)
         fidx = ts[:, None] + fs * np.arange(L)[None, :]
         vis = torch.from_numpy(latents[e[:, None], fidx])  # [B,L,N,D]
@@ -261,14 +266,17 @@ def main():
                     "objective": "per-patch pixel reconstruction + per-token state probe", "final": enc_hist[-1] if enc_hist else None},
         "proprio_encoder": "frozen random projection (orthonormal columns x sqrt(5))",
         "predictor": {"dim": args.enc_dim + 20, "depth": args.pred_depth, "heads": args.pred_heads, "dim_head": args.pred_dim_head,
-                      "mlp": args.pred_mlp, "steps": args.pred_steps, "batch": args.batch, "rollout": R,
+                      "mlp": args.pred_mlp, "steps": args.pred_steps, "batch": args.batch, "rollout": R, "lr": args.lr,
+                      "init": args.init_predictor,
                       "final": pred_hist[-1] if pred_hist else None},
         "eval": ev,
     }
     parity = export_bundle(obs_enc, pred, args.out, name="wall", env="wall", image_size=S, num_patches=N,
                            visual_dim=args.enc_dim, num_hist=H, frameskip=fs, action_dim=2, proprio_dim=2,
                            action_mean=a_mean, action_std=a_std, proprio_mean=p_mean, proprio_std=p_std,
-                           fixture_inputs=fixture, training=training)
+                           fixture_inputs=fixture, training=training,
+                           # Wall's action space (the reference env's max step norm; the data policy clips to it)
+                           action_low=[-2.45, -2.45], action_high=[2.45, 2.45])
     log("onnxruntime vs torch max abs diff", parity)
     json.dump({"encoder_curve": enc_hist, "predictor_curve": pred_hist, "eval": ev, "onnx_parity_max_abs": parity},
               open(os.path.join(args.out, "training.json"), "w"), indent=1)

@@ -77,6 +77,12 @@ pub struct Manifest {
     pub action_mean: Vec<f32>,
     /// Dataset std of environment actions.
     pub action_std: Vec<f32>,
+    /// Lower limit of each environment action (the action space); planners clamp to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_low: Option<Vec<f32>>,
+    /// Upper limit of each environment action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_high: Option<Vec<f32>>,
     /// Proprioception dimension.
     pub proprio_dim: usize,
     /// Dataset mean of proprioception.
@@ -151,6 +157,21 @@ impl Manifest {
                     if is_std { " and positive" } else { "" }
                 ));
             }
+        }
+        match (&self.action_low, &self.action_high) {
+            (None, None) => {}
+            (Some(lo), Some(hi)) => {
+                let ok = lo.len() == self.action_dim
+                    && hi.len() == self.action_dim
+                    && lo
+                        .iter()
+                        .zip(hi)
+                        .all(|(l, h)| l.is_finite() && h.is_finite() && l < h);
+                if !ok {
+                    return bad(format!("action_low {lo:?} / action_high {hi:?} must be {} finite values with low < high", self.action_dim));
+                }
+            }
+            _ => return bad("action_low and action_high must be given together".into()),
         }
         if self.objective.mode != "last" && self.objective.mode != "all" {
             return bad(format!(

@@ -62,6 +62,10 @@ impl Rollout for ModelRollout<'_> {
         self.wm.manifest.model_action_dim()
     }
 
+    fn action_bounds(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        self.wm.normalized_action_bounds()
+    }
+
     fn evaluate(&mut self, actions: &[f32], batch: usize, horizon: usize) -> Result<Vec<f32>> {
         let per = horizon * self.action_dim();
         let mut scores = Vec::with_capacity(batch);

@@ -98,8 +98,8 @@ struct PlanArgs {
     /// Environment (defaults to the one the model was trained on).
     #[arg(long)]
     env: Option<String>,
-    /// Episodes to run.
-    #[arg(long, default_value_t = 5)]
+    /// Episodes to run (the default is a short demonstration; evaluations use 50).
+    #[arg(long, default_value_t = 3)]
     episodes: usize,
     /// Seed: episode i uses task seed 99 * (seed + i) + 1 (DINO-WM's evaluation seeds for seed 0)
     /// and planner noise derived from the seed.
@@ -138,9 +138,12 @@ struct PlanArgs {
     /// Worker threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Execution engine.
+    /// Execution engine: tract (default) or ort (ONNX Runtime; build with --features ort).
     #[arg(long, default_value = "tract")]
     backend: String,
+    /// Path of libonnxruntime for --backend ort (else ORT_DYLIB_PATH, else the onnxruntime Python package).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
     /// Write the full report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -328,7 +331,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         chunk: args.chunk.unwrap_or(args.samples),
     };
     cfg.validate()?;
-    let backend = make_backend(&args.backend)?;
+    let backend = qwm::backend::make_backend_with(&args.backend, args.ort_lib.as_deref())?;
     let t0 = Instant::now();
     let bundle = Bundle::open(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;

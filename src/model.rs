@@ -202,6 +202,21 @@ impl WorldModel {
             .collect())
     }
 
+    /// The manifest's action limits in normalized model-action space (tiled over frameskip).
+    pub fn normalized_action_bounds(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        let m = &self.manifest;
+        let (lo, hi) = (m.action_low.as_ref()?, m.action_high.as_ref()?);
+        let norm = |v: &[f32]| -> Vec<f32> {
+            (0..m.model_action_dim())
+                .map(|i| {
+                    (v[i % m.action_dim] - m.action_mean[i % m.action_dim])
+                        / m.action_std[i % m.action_dim]
+                })
+                .collect()
+        };
+        Some((norm(lo), norm(hi)))
+    }
+
     /// Normalized model actions (`[.., frameskip * action_dim]`) -> environment actions per step.
     pub fn denormalize_action(&self, a: &[f32]) -> Vec<Vec<f32>> {
         let m = &self.manifest;

@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use qwm::backend::{make_backend, LoadOptions, TensorRef};
+use qwm::backend::{make_backend, LoadOptions};
 use qwm::bundle::Bundle;
 use qwm::model::{Latent, WorldModel};
 
@@ -24,72 +24,22 @@ fn parity(dir: &std::path::Path, threads: usize) {
     let backend = make_backend("tract").unwrap();
     let opts = LoadOptions { threads };
     let enc = backend.load(&b.encoder, &opts).unwrap();
-    let pix = npy(dir, "encoder_pixels");
-    let pr = npy(dir, "encoder_proprio");
-    let out = enc
-        .run(&[
-            (
-                "pixels",
-                TensorRef {
-                    shape: pix.shape(),
-                    data: pix.as_slice().unwrap(),
-                },
-            ),
-            (
-                "proprio",
-                TensorRef {
-                    shape: pr.shape(),
-                    data: pr.as_slice().unwrap(),
-                },
-            ),
-        ])
-        .unwrap();
-    for (o, name) in out.iter().zip(["encoder_visual", "encoder_proprio_emb"]) {
-        let want = npy(dir, name);
-        assert_eq!(o.shape, want.shape(), "{name}");
-        let e = rel_err(&o.data, want.as_slice().unwrap());
-        assert!(e <= PARITY_REL, "{}: {name} rel err {e}", dir.display());
-    }
-    let pred = backend.load(&b.predictor, &opts).unwrap();
-    let (v, p, a) = (
-        npy(dir, "predictor_visual"),
-        npy(dir, "predictor_proprio_emb"),
-        npy(dir, "predictor_action"),
+    check_fixture(
+        dir,
+        &run_encoder_fixture(dir, enc.as_ref()),
+        &["encoder_visual", "encoder_proprio_emb"],
+        PARITY_REL,
+        "tract",
     );
-    let out = pred
-        .run(&[
-            (
-                "action",
-                TensorRef {
-                    shape: a.shape(),
-                    data: a.as_slice().unwrap(),
-                },
-            ),
-            (
-                "visual",
-                TensorRef {
-                    shape: v.shape(),
-                    data: v.as_slice().unwrap(),
-                },
-            ),
-            (
-                "proprio_emb",
-                TensorRef {
-                    shape: p.shape(),
-                    data: p.as_slice().unwrap(),
-                },
-            ),
-        ])
-        .unwrap();
-    for (o, name) in out
-        .iter()
-        .zip(["predictor_next_visual", "predictor_next_proprio_emb"])
-    {
-        let want = npy(dir, name);
-        assert_eq!(o.shape, want.shape(), "{name}");
-        let e = rel_err(&o.data, want.as_slice().unwrap());
-        assert!(e <= PARITY_REL, "{}: {name} rel err {e}", dir.display());
-    }
+    let pred = backend.load(&b.predictor, &opts).unwrap();
+    let out = run_predictor_fixture(dir, pred.as_ref());
+    check_fixture(
+        dir,
+        &out,
+        &["predictor_next_visual", "predictor_next_proprio_emb"],
+        PARITY_REL,
+        "tract",
+    );
 }
 
 #[test]

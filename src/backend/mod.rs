@@ -2,6 +2,8 @@
 //!
 //! A [`Backend`] loads a mapped graph into a [`Session`]; a session runs it on named f32 tensors.
 
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod tract;
 
 use crate::bundle::MappedGraph;
@@ -80,13 +82,29 @@ pub trait Backend: Send + Sync {
 
 /// Names of the backends in this build.
 pub fn backend_names() -> Vec<&'static str> {
-    vec!["tract"]
+    if cfg!(feature = "ort") {
+        vec!["tract", "ort"]
+    } else {
+        vec!["tract"]
+    }
 }
 
-/// Build a backend by name.
+/// Build a backend by name (`ort_lib`: explicit path of libonnxruntime, for the ort backend).
 pub fn make_backend(name: &str) -> Result<Box<dyn Backend>> {
+    make_backend_with(name, None)
+}
+
+/// Build a backend by name, with an explicit ONNX Runtime library path for `ort`.
+pub fn make_backend_with(
+    name: &str,
+    ort_lib: Option<&std::path::Path>,
+) -> Result<Box<dyn Backend>> {
+    let _ = ort_lib;
     match name {
         "tract" => Ok(Box::new(tract::TractBackend)),
+        #[cfg(feature = "ort")]
+        "ort" => Ok(Box::new(ort::OrtBackend::new(ort_lib)?)),
+        #[cfg(not(feature = "ort"))]
         "ort" => Err(QwmError::Usage(
             "--backend ort: this qwm was built without the `ort` feature (rebuild with --features ort)".into(),
         )),
@@ -95,6 +113,66 @@ pub fn make_backend(name: &str) -> Result<Box<dyn Backend>> {
             backend_names().join(", ")
         ))),
     }
+}
+
+/// Order named inputs as a graph declares them, checking names, shapes (`-1` = batch) and a
+/// common non-zero batch. Shared by every backend so they refuse the same things.
+pub fn order_inputs<'a>(
+    backend: &'static str,
+    graph: &str,
+    spec: &[(String, Vec<i64>)],
+    inputs: &[(&str, TensorRef<'a>)],
+) -> Result<(Vec<TensorRef<'a>>, usize)> {
+    let err = |msg: String| QwmError::Backend {
+        backend,
+        graph: graph.to_string(),
+        msg,
+    };
+    if inputs.len() != spec.len() {
+        return Err(err(format!(
+            "{} inputs given, the graph takes {}",
+            inputs.len(),
+            spec.len()
+        )));
+    }
+    let mut ordered = Vec::with_capacity(spec.len());
+    let mut batch = None;
+    for (n, shape) in spec {
+        let t = inputs
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| err(format!("input '{n}' was not given")))?;
+        let ok = !t.shape.is_empty()
+            && t.shape.len() == shape.len()
+            && t.shape
+                .iter()
+                .zip(shape)
+                .all(|(a, b)| *b < 0 || *a as i64 == *b)
+            && t.shape.iter().product::<usize>() == t.data.len();
+        if !ok {
+            return Err(err(format!(
+                "input '{n}' has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
+        }
+        match batch {
+            None => batch = Some(t.shape[0]),
+            Some(b) if b != t.shape[0] => {
+                return Err(err(format!(
+                    "input '{n}' has batch {}, others {b}",
+                    t.shape[0]
+                )))
+            }
+            _ => {}
+        }
+        ordered.push(t);
+    }
+    let batch = batch.unwrap_or(0);
+    if batch == 0 {
+        return Err(err("empty batch".into()));
+    }
+    Ok((ordered, batch))
 }
 
 /// Split `n` items into at most `parts` contiguous ranges of nearly equal size.

@@ -221,53 +221,7 @@ fn concat_parts(parts: Vec<Vec<Tensor>>) -> Vec<Tensor> {
 
 impl Session for TractSession {
     fn run(&self, inputs: &[(&str, TensorRef<'_>)]) -> Result<Vec<Tensor>> {
-        // Order inputs as the graph wants them and check their shapes.
-        let mut ordered = Vec::with_capacity(self.inputs.len());
-        let mut batch = None;
-        for (n, spec) in &self.inputs {
-            let t = inputs
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, t)| *t)
-                .ok_or_else(|| err(&self.name, format!("input '{n}' was not given")))?;
-            let ok = t.shape.len() == spec.len()
-                && t.shape
-                    .iter()
-                    .zip(spec)
-                    .all(|(a, b)| *b < 0 || *a as i64 == *b)
-                && t.shape.iter().product::<usize>() == t.data.len();
-            if !ok || t.shape.is_empty() {
-                return Err(err(
-                    &self.name,
-                    format!("input '{n}' has shape {:?}, expected {spec:?}", t.shape),
-                ));
-            }
-            match batch {
-                None => batch = Some(t.shape[0]),
-                Some(b) if b != t.shape[0] => {
-                    return Err(err(
-                        &self.name,
-                        format!("input '{n}' has batch {}, others {b}", t.shape[0]),
-                    ))
-                }
-                _ => {}
-            }
-            ordered.push(t);
-        }
-        if inputs.len() != self.inputs.len() {
-            return Err(err(
-                &self.name,
-                format!(
-                    "{} inputs given, the graph takes {}",
-                    inputs.len(),
-                    self.inputs.len()
-                ),
-            ));
-        }
-        let batch = batch.unwrap_or(0);
-        if batch == 0 {
-            return Err(err(&self.name, "empty batch"));
-        }
+        let (ordered, batch) = super::order_inputs("tract", &self.name, &self.inputs, inputs)?;
         let ranges = split_ranges(batch, self.threads);
         if ranges.len() == 1 {
             return self.run_part(&ordered, 0..batch);

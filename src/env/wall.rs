@@ -355,11 +355,13 @@ impl Env for WallEnv {
     }
 }
 
-/// Scripted data-collection policy for Wall: a mix of smooth random walks and goal-directed
-/// runs through the door (so that the data covers passing it, and bumping into walls).
+/// Scripted data-collection policy for Wall: a mix of smooth random walks, goal-directed runs
+/// through the door, and straight pushes toward targets across the wall (so that the data covers
+/// passing the door and being stopped by the wall, the two outcomes a planner must tell apart).
 #[derive(Clone, Debug)]
 pub struct WallDataPolicy {
     directed: bool,
+    push: bool,
     waypoints: Vec<[f64; 2]>,
     speed: f64,
     prev: [f64; 2],
@@ -391,9 +393,11 @@ impl WallDataPolicy {
     }
 
     fn fresh(rng: &mut impl Rng, layout: Layout, x: f64) -> (Self, ()) {
-        let directed = rng.random_bool(0.65);
+        let u: f64 = rng.random();
+        let (directed, push) = (u < 0.45, (0.45..0.75).contains(&u));
         let mut me = WallDataPolicy {
             directed,
+            push,
             waypoints: vec![],
             speed: 1.0,
             prev: [0.0, 0.0],
@@ -401,7 +405,24 @@ impl WallDataPolicy {
         if directed {
             me.plan_crossing(rng, layout, x);
         }
+        if push {
+            me.plan_push(rng, layout, x);
+        }
         (me, ())
+    }
+
+    /// A target across the wall, approached in a straight line (the wall stops the dot unless
+    /// the line happens to pass the door).
+    fn plan_push(&mut self, rng: &mut impl Rng, layout: Layout, x: f64) {
+        let from_left = x < layout.wall_x;
+        let target_x = if from_left {
+            rng.random_range(layout.wall_x + WALL_HALF + 1.0..BORDER_HI - 1.0)
+        } else {
+            rng.random_range(BORDER_LO + 1.0..layout.wall_x - WALL_HALF - 1.0)
+        };
+        let target_y = rng.random_range(BORDER_LO + 1.0..BORDER_HI - 1.0);
+        self.waypoints = vec![[target_x, target_y]];
+        self.speed = rng.random_range(0.4..1.6);
     }
 
     fn plan_crossing(&mut self, rng: &mut impl Rng, layout: Layout, x: f64) {
@@ -423,6 +444,23 @@ impl WallDataPolicy {
         self.speed = rng.random_range(0.3..1.4);
     }
 
+    /// A step of the policy's speed toward the current waypoint, with Gaussian noise.
+    fn toward_waypoint<R: Rng>(
+        &self,
+        rng: &mut R,
+        pos: [f64; 2],
+        normal: &dyn Fn(&mut dyn rand::RngCore, f64) -> f64,
+    ) -> [f64; 2] {
+        let w = *self.waypoints.last().expect("a waypoint is planned");
+        let (dx, dy) = (w[0] - pos[0], w[1] - pos[1]);
+        let n = (dx * dx + dy * dy).sqrt().max(1e-6);
+        let step = self.speed.min(n / STEP_SCALE);
+        [
+            dx / n * step + normal(rng, 0.35),
+            dy / n * step + normal(rng, 0.35),
+        ]
+    }
+
     /// The next action for the dot at `pos`.
     pub fn act(&mut self, rng: &mut impl Rng, layout: Layout, pos: [f64; 2]) -> [f64; 2] {
         let normal = |rng: &mut dyn rand::RngCore, std: f64| -> f64 {
@@ -440,14 +478,12 @@ impl WallDataPolicy {
             if self.waypoints.is_empty() {
                 self.plan_crossing(rng, layout, pos[0]);
             }
-            let w = *self.waypoints.last().unwrap();
-            let (dx, dy) = (w[0] - pos[0], w[1] - pos[1]);
-            let n = (dx * dx + dy * dy).sqrt().max(1e-6);
-            let step = self.speed.min(n / STEP_SCALE);
-            [
-                dx / n * step + normal(rng, 0.35),
-                dy / n * step + normal(rng, 0.35),
-            ]
+            self.toward_waypoint(rng, pos, &normal)
+        } else if self.push {
+            if self.waypoints.last().is_none_or(|w| dist(*w, pos) < 2.0) {
+                self.plan_push(rng, layout, pos[0]);
+            }
+            self.toward_waypoint(rng, pos, &normal)
         } else {
             [
                 0.7 * self.prev[0] + normal(rng, 0.7),

@@ -1,6 +1,8 @@
 //! Cross-entropy method with DINO-WM's semantics.
 
-use super::{rank, require_some_finite, sample_around, PlanOutcome, Planner, Rollout};
+use super::{
+    clamp_actions, rank, require_some_finite, sample_around, PlanOutcome, Planner, Rollout,
+};
 use crate::error::{QwmError, Result};
 
 /// CEM settings (DINO-WM Wall: 300 samples, top-k 30, 10 steps, var_scale 1).
@@ -65,11 +67,14 @@ impl Planner for Cem {
             }
             None => vec![0f32; d],
         };
+        let bounds = r.action_bounds();
+        clamp_actions(&mut mean, bounds.as_ref());
         let mut std = vec![self.var_scale; d];
         let mut best = f32::INFINITY;
         let mut non_finite = 0;
         for _ in 0..self.opt_steps {
-            let cand = sample_around(&mean, &std, self.samples, rng);
+            let mut cand = sample_around(&mean, &std, self.samples, rng);
+            clamp_actions(&mut cand, bounds.as_ref());
             let scores = r.evaluate(&cand, self.samples, horizon)?;
             require_some_finite(&scores)?;
             non_finite += scores.iter().filter(|s| !s.is_finite()).count();
@@ -171,6 +176,43 @@ mod tests {
         assert_eq!(a.actions, b.actions);
         // With a tiny std around a perfect warm start the plan stays there.
         assert!(a.actions.iter().all(|v| (v - 1.0).abs() < 1e-4));
+    }
+
+    struct Bounded(Quadratic);
+    impl Rollout for Bounded {
+        fn action_dim(&self) -> usize {
+            self.0.dim
+        }
+        fn evaluate(&mut self, a: &[f32], b: usize, h: usize) -> crate::error::Result<Vec<f32>> {
+            assert!(
+                a.iter().all(|v| (-0.5..=0.25).contains(v)),
+                "sample outside the bounds"
+            );
+            self.0.evaluate(a, b, h)
+        }
+        fn action_bounds(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+            Some((vec![-0.5, -0.5], vec![0.25, 0.25]))
+        }
+    }
+
+    #[test]
+    fn samples_respect_action_bounds() {
+        // The optimum (1.0 everywhere) lies outside: the plan ends on the upper bound.
+        let mut q = Bounded(Quadratic {
+            target: vec![1.0; 6],
+            dim: 2,
+            calls: 0,
+            nan_every: None,
+        });
+        let out = Cem::new(100, 10, 6, 1.0)
+            .unwrap()
+            .plan(&mut q, 3, Some(&[5.0; 6]), &mut rng_for(1, 0))
+            .unwrap();
+        assert!(
+            out.actions.iter().all(|v| (v - 0.25).abs() < 1e-3),
+            "{:?}",
+            out.actions
+        );
     }
 
     #[test]

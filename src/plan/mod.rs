@@ -17,6 +17,20 @@ pub trait Rollout {
     /// Score `batch` sequences `[batch, horizon, action_dim]`; non-finite scores are allowed
     /// (planners rank them last).
     fn evaluate(&mut self, actions: &[f32], batch: usize, horizon: usize) -> Result<Vec<f32>>;
+    /// Per-dimension (low, high) limits of one action, if any; planners clamp samples to them.
+    fn action_bounds(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+}
+
+/// Clamp sequences of actions (`action_dim` values each) into per-dimension bounds.
+pub fn clamp_actions(values: &mut [f32], bounds: Option<&(Vec<f32>, Vec<f32>)>) {
+    if let Some((lo, hi)) = bounds {
+        let d = lo.len();
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = v.clamp(lo[i % d], hi[i % d]);
+        }
+    }
 }
 
 /// The outcome of one planning call.

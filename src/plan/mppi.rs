@@ -1,6 +1,8 @@
 //! Model predictive path integral: exponentially weighted averaging of sampled sequences.
 
-use super::{rank, require_some_finite, sample_around, PlanOutcome, Planner, Rollout};
+use super::{
+    clamp_actions, rank, require_some_finite, sample_around, PlanOutcome, Planner, Rollout,
+};
 use crate::error::{QwmError, Result};
 
 /// MPPI settings.
@@ -27,7 +29,7 @@ impl Mppi {
         if opt_steps == 0 {
             return Err(QwmError::Usage("--opt-steps must be at least 1".into()));
         }
-        if !(noise.is_finite() && noise > 0.0) || !(temperature.is_finite() && temperature > 0.0) {
+        if !(noise.is_finite() && noise > 0.0 && temperature.is_finite() && temperature > 0.0) {
             return Err(QwmError::Usage(
                 "MPPI noise and temperature must be positive".into(),
             ));
@@ -60,12 +62,15 @@ impl Planner for Mppi {
             }
             None => vec![0f32; d],
         };
+        let bounds = r.action_bounds();
+        clamp_actions(&mut mean, bounds.as_ref());
         let mut best = f32::INFINITY;
         let mut non_finite = 0;
         for step in 0..self.opt_steps {
             // The noise shrinks over the steps so the average can settle.
             let std = vec![self.noise * (1.0 - 0.5 * step as f32 / self.opt_steps as f32); d];
-            let cand = sample_around(&mean, &std, self.samples, rng);
+            let mut cand = sample_around(&mean, &std, self.samples, rng);
+            clamp_actions(&mut cand, bounds.as_ref());
             let scores = r.evaluate(&cand, self.samples, horizon)?;
             require_some_finite(&scores)?;
             non_finite += scores.iter().filter(|s| !s.is_finite()).count();

@@ -80,7 +80,7 @@ impl Scheme {
                     return Err(bad("'-g<size>' must come once, before '-token'"));
                 }
                 let g: usize = g.parse().map_err(|_| bad("group size is not a number"))?;
-                if g < 2 || g > 1 << 16 {
+                if !(2..=1 << 16).contains(&g) {
                     return Err(bad("group size must be in 2..=65536"));
                 }
                 group = Some(g);

@@ -50,3 +50,80 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
         / scale
 }
+
+/// Run a session on a bundle's encoder fixture inputs.
+pub fn run_encoder_fixture(dir: &Path, s: &dyn qwm::backend::Session) -> Vec<qwm::backend::Tensor> {
+    use qwm::backend::TensorRef;
+    let (pix, pr) = (npy(dir, "encoder_pixels"), npy(dir, "encoder_proprio"));
+    s.run(&[
+        (
+            "pixels",
+            TensorRef {
+                shape: pix.shape(),
+                data: pix.as_slice().unwrap(),
+            },
+        ),
+        (
+            "proprio",
+            TensorRef {
+                shape: pr.shape(),
+                data: pr.as_slice().unwrap(),
+            },
+        ),
+    ])
+    .unwrap()
+}
+
+/// Run a session on a bundle's predictor fixture inputs (given in a different order than the
+/// graph's, to exercise name matching).
+pub fn run_predictor_fixture(
+    dir: &Path,
+    s: &dyn qwm::backend::Session,
+) -> Vec<qwm::backend::Tensor> {
+    use qwm::backend::TensorRef;
+    let (v, p, a) = (
+        npy(dir, "predictor_visual"),
+        npy(dir, "predictor_proprio_emb"),
+        npy(dir, "predictor_action"),
+    );
+    s.run(&[
+        (
+            "action",
+            TensorRef {
+                shape: a.shape(),
+                data: a.as_slice().unwrap(),
+            },
+        ),
+        (
+            "visual",
+            TensorRef {
+                shape: v.shape(),
+                data: v.as_slice().unwrap(),
+            },
+        ),
+        (
+            "proprio_emb",
+            TensorRef {
+                shape: p.shape(),
+                data: p.as_slice().unwrap(),
+            },
+        ),
+    ])
+    .unwrap()
+}
+
+/// Check outputs against the named fixtures: same shapes, max |a - b| / max |b| <= tol.
+pub fn check_fixture(
+    dir: &Path,
+    out: &[qwm::backend::Tensor],
+    names: &[&str],
+    tol: f64,
+    what: &str,
+) {
+    for (o, name) in out.iter().zip(names) {
+        let want = npy(dir, name);
+        assert_eq!(o.shape, want.shape(), "{what} {name}");
+        let e = rel_err(&o.data, want.as_slice().unwrap());
+        assert!(e <= tol, "{what} {}: {name} rel err {e}", dir.display());
+    }
+}

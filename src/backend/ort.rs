@@ -1,0 +1,205 @@
+//! The ONNX Runtime backend (cargo feature `ort`), loading `libonnxruntime` at run time.
+//!
+//! Nothing is downloaded: the shared library comes from `ORT_DYLIB_PATH`, an explicit path
+//! (`--ort-lib`), or the `onnxruntime` Python package (`pip install onnxruntime==1.32.0`).
+
+use super::{order_inputs, Backend, LoadOptions, Session, Tensor, TensorRef};
+use crate::bundle::MappedGraph;
+use crate::error::{QwmError, Result};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// The ONNX Runtime engine.
+pub struct OrtBackend {
+    env: &'static ::ort::environment::Environment,
+}
+
+static ENV: OnceLock<std::result::Result<::ort::environment::Environment, String>> =
+    OnceLock::new();
+
+fn err(graph: &str, msg: impl std::fmt::Display) -> QwmError {
+    QwmError::Backend {
+        backend: "ort",
+        graph: graph.to_string(),
+        msg: msg.to_string(),
+    }
+}
+
+/// Where libonnxruntime is: explicit path, `ORT_DYLIB_PATH`, or the Python package.
+pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
+    let hint = "install it with `pip install onnxruntime==1.32.0` or point ORT_DYLIB_PATH / --ort-lib at libonnxruntime.so";
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(QwmError::Usage(format!(
+                "--ort-lib {}: no such file ({hint})",
+                p.display()
+            )))
+        };
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(QwmError::Usage(format!(
+                "ORT_DYLIB_PATH={}: no such file ({hint})",
+                p.display()
+            )))
+        };
+    }
+    for py in ["python3", "python"] {
+        let out = std::process::Command::new(py)
+            .args(["-c", "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))"])
+            .output();
+        if let Ok(out) = out {
+            if out.status.success() {
+                let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+                if let Ok(rd) = std::fs::read_dir(&dir) {
+                    let mut libs: Vec<PathBuf> = rd
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                        })
+                        .collect();
+                    libs.sort();
+                    if let Some(l) = libs.pop() {
+                        return Ok(l);
+                    }
+                }
+            }
+        }
+    }
+    Err(QwmError::Usage(format!(
+        "--backend ort: ONNX Runtime shared library not found; {hint}"
+    )))
+}
+
+impl OrtBackend {
+    /// Load ONNX Runtime (once per process).
+    pub fn new(explicit: Option<&Path>) -> Result<OrtBackend> {
+        let env = ENV.get_or_init(|| {
+            let lib = find_library(explicit).map_err(|e| e.to_string())?;
+            let builder = ::ort::init_from(&lib)
+                .map_err(|e| format!("cannot load {}: {e}", lib.display()))?;
+            builder
+                .with_name("qwm")
+                .build()
+                .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", lib.display()))
+        });
+        match env {
+            Ok(env) => Ok(OrtBackend { env }),
+            Err(e) => Err(QwmError::Usage(format!("--backend ort: {e}"))),
+        }
+    }
+}
+
+/// A graph loaded in ONNX Runtime.
+pub struct OrtSession {
+    name: String,
+    session: Mutex<::ort::session::Session>,
+    inputs: Vec<(String, Vec<i64>)>,
+    outputs: Vec<String>,
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
+        let name = graph.spec.file.clone();
+        let builder = ::ort::session::Session::builder(self.env).map_err(|e| err(&name, e))?;
+        let builder = builder
+            .with_intra_threads(opts.threads.max(1))
+            .map_err(|e| err(&name, e))?;
+        let builder = builder.with_inter_threads(1).map_err(|e| err(&name, e))?;
+        let mut builder = builder
+            .with_optimization_level(::ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(|e| err(&name, e))?;
+        let session = builder
+            .commit_from_memory(&graph.bytes[..])
+            .map_err(|e| err(&name, format!("cannot load graph: {e}")))?;
+        let have_in: Vec<String> = session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let want_in: Vec<String> = graph.spec.inputs.iter().map(|t| t.name.clone()).collect();
+        if have_in != want_in {
+            return Err(err(
+                &name,
+                format!("graph inputs {have_in:?} disagree with the manifest's {want_in:?}"),
+            ));
+        }
+        let have_out: Vec<String> = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let want_out: Vec<String> = graph.spec.outputs.iter().map(|t| t.name.clone()).collect();
+        if have_out != want_out {
+            return Err(err(
+                &name,
+                format!("graph outputs {have_out:?} disagree with the manifest's {want_out:?}"),
+            ));
+        }
+        Ok(Box::new(OrtSession {
+            name,
+            session: Mutex::new(session),
+            inputs: graph
+                .spec
+                .inputs
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect(),
+            outputs: want_out,
+        }))
+    }
+}
+
+impl Session for OrtSession {
+    fn run(&self, inputs: &[(&str, TensorRef<'_>)]) -> Result<Vec<Tensor>> {
+        let (ordered, _) = order_inputs("ort", &self.name, &self.inputs, inputs)?;
+        let mut values = Vec::with_capacity(ordered.len());
+        for ((n, _), t) in self.inputs.iter().zip(&ordered) {
+            // Borrowed: ONNX Runtime reads the caller's buffer without a copy.
+            let v = ::ort::value::TensorRef::from_array_view((t.shape.to_vec(), t.data))
+                .map_err(|e| err(&self.name, format!("input '{n}': {e}")))?;
+            values.push((
+                std::borrow::Cow::<str>::from(n.clone()),
+                ::ort::session::SessionInputValue::from(v),
+            ));
+        }
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| err(&self.name, "session lock poisoned"))?;
+        let out = session
+            .run(values)
+            .map_err(|e| err(&self.name, format!("run failed: {e}")))?;
+        self.outputs
+            .iter()
+            .map(|n| {
+                let (shape, data) = out[n.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| err(&self.name, format!("output '{n}': {e}")))?;
+                Ok(Tensor {
+                    shape: shape.iter().map(|d| *d as usize).collect(),
+                    data: data.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    fn input_names(&self) -> Vec<String> {
+        self.inputs.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn output_names(&self) -> Vec<String> {
+        self.outputs.clone()
+    }
+}
