@@ -55,41 +55,39 @@ pub struct WorldModel {
     tap_names: [Vec<String>; 2],
 }
 
-/// Write `bytes` to a fresh private temporary file and map it (for rewritten graphs).
-fn map_temp(name: &str, bytes: &[u8], spec: GraphSpec) -> Result<MappedGraph> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("qwm-{}-{k}-{name}", std::process::id()));
-    std::fs::write(&path, bytes).map_err(|e| QwmError::io(&path, e))?;
-    let file = std::fs::File::open(&path).map_err(|e| QwmError::io(&path, e))?;
-    // SAFETY: a private file this process just wrote; removed right after mapping (the mapping
-    // stays valid on Linux until dropped).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| QwmError::io(&path, e))?;
-    let _ = std::fs::remove_file(&path);
+/// Hold rewritten graph bytes in an anonymous read-only mapping (no file on disk); `path` is the
+/// original file, kept for error messages.
+fn map_in_memory(path: &std::path::Path, bytes: &[u8], spec: GraphSpec) -> Result<MappedGraph> {
+    let mut map =
+        memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| QwmError::io(path, e))?;
+    map[..bytes.len()].copy_from_slice(bytes);
+    let map = map.make_read_only().map_err(|e| QwmError::io(path, e))?;
     Ok(MappedGraph {
-        path: path.clone(),
+        path: path.to_path_buf(),
         spec,
         bytes: std::sync::Arc::new(map),
     })
 }
 
+fn check_objective(bundle: &Bundle) -> Result<()> {
+    let mode = &bundle.manifest.objective.mode;
+    if mode != "last" {
+        return Err(QwmError::bundle(
+            &bundle.dir,
+            format!("objective.mode '{mode}' is not supported by this runtime (only 'last')"),
+        ));
+    }
+    Ok(())
+}
+
 impl WorldModel {
     /// Load both graphs of a bundle on a backend.
     pub fn load(bundle: &Bundle, backend: &dyn Backend, opts: &LoadOptions) -> Result<WorldModel> {
-        let m = &bundle.manifest;
-        if m.objective.mode != "last" {
-            return Err(QwmError::bundle(
-                &bundle.dir,
-                format!(
-                    "objective.mode '{}' is not supported by this runtime (only 'last')",
-                    m.objective.mode
-                ),
-            ));
-        }
+        check_objective(bundle)?;
         let encoder = backend.load(&bundle.encoder, opts)?;
         let predictor = backend.load(&bundle.predictor, opts)?;
         Ok(WorldModel {
-            manifest: m.clone(),
+            manifest: bundle.manifest.clone(),
             encoder,
             predictor,
             timers: ModelTimers::default(),
@@ -107,7 +105,8 @@ impl WorldModel {
         taps: [Vec<String>; 2],
         calibration: Calibration,
     ) -> Result<WorldModel> {
-        let mut graphs = vec![];
+        check_objective(bundle)?;
+        let mut sessions = vec![];
         for (g, t) in [&bundle.encoder, &bundle.predictor].into_iter().zip(&taps) {
             let mut proto = crate::quant::onnx::decode(&g.bytes, &g.spec.file)?;
             crate::quant::onnx::expose(&mut proto, t)?;
@@ -117,20 +116,19 @@ impl WorldModel {
                     name: n.clone(),
                     shape: vec![],
                 }));
-            graphs.push(map_temp(
-                &g.spec.file,
-                &crate::quant::onnx::encode(&proto),
-                spec,
-            )?);
+            let graph = map_in_memory(&g.path, &crate::quant::onnx::encode(&proto), spec)?;
+            sessions.push(backend.load(&graph, opts)?);
         }
-        let encoder = backend.load(&graphs[0], opts)?;
-        let predictor = backend.load(&graphs[1], opts)?;
-        let mut wm = WorldModel::load(bundle, backend, opts)?;
-        wm.encoder = encoder;
-        wm.predictor = predictor;
-        wm.calibration = Some(calibration);
-        wm.tap_names = taps;
-        Ok(wm)
+        let predictor = sessions.pop().expect("two graphs");
+        let encoder = sessions.pop().expect("two graphs");
+        Ok(WorldModel {
+            manifest: bundle.manifest.clone(),
+            encoder,
+            predictor,
+            timers: ModelTimers::default(),
+            calibration: Some(calibration),
+            tap_names: taps,
+        })
     }
 
     fn absorb_taps(&mut self, module: usize, out: &mut Vec<crate::backend::Tensor>) {

@@ -590,29 +590,27 @@ pub fn scale_input_channels(
     Ok(("mul", out))
 }
 
+fn find_initializer<'a>(m: &'a ModelProto, name: &str) -> Result<&'a TensorProto> {
+    m.graph
+        .as_ref()
+        .and_then(|g| g.initializer.iter().find(|t| t.name == name))
+        .ok_or_else(|| QwmError::Usage(format!("initializer '{name}' not found")))
+}
+
 /// Replace a float initializer's values (same shape).
 pub fn set_initializer(m: &mut ModelProto, name: &str, data: &[f32]) -> Result<()> {
+    let dims = find_initializer(m, name)?.dims.clone();
     let g = graph_mut(m)?;
     let t = g
         .initializer
         .iter_mut()
         .find(|t| t.name == name)
-        .ok_or_else(|| QwmError::Usage(format!("initializer '{name}' not found")))?;
-    let dims = t.dims.clone();
+        .expect("found above");
     *t = f32_tensor(name, &dims, data);
     Ok(())
 }
 
 /// Float values of a named initializer.
 pub fn initializer(m: &ModelProto, name: &str) -> Result<Vec<f32>> {
-    let g = m
-        .graph
-        .as_ref()
-        .ok_or_else(|| QwmError::Usage("ONNX model has no graph".into()))?;
-    let t = g
-        .initializer
-        .iter()
-        .find(|t| t.name == name)
-        .ok_or_else(|| QwmError::Usage(format!("initializer '{name}' not found")))?;
-    read_f32(t)
+    read_f32(find_initializer(m, name)?)
 }
