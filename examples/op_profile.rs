@@ -33,7 +33,27 @@ fn main() -> TractResult<()> {
         let n: usize = shape.iter().product();
         inputs.push(Tensor::from_shape(&shape, &vec![0.1f32; n])?.into_tvalue());
     }
-    let plan = model.into_optimized()?.into_runnable()?;
+    let typed = model.into_optimized()?;
+    if std::env::var("SHOW").is_ok() {
+        let pat = std::env::var("SHOW").unwrap();
+        for node in typed.nodes() {
+            if node.op().name().contains(pat.as_str()) {
+                let facts: Vec<String> = node
+                    .inputs
+                    .iter()
+                    .map(|o| format!("{:?}", typed.outlet_fact(*o).unwrap()))
+                    .collect();
+                println!(
+                    "{} {} {:?} <- {:?}",
+                    node.name,
+                    node.op().name(),
+                    node.op().info()?,
+                    facts
+                );
+            }
+        }
+    }
+    let plan = typed.into_runnable()?;
     let mut state = plan.spawn()?;
     state.run(inputs.clone())?;
     let mut times: HashMap<String, (f64, usize)> = HashMap::new();

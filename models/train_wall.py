@@ -76,6 +76,17 @@ def main():
     ap.add_argument("--rollout", type=int, default=3, help="sequence length (transitions) per predictor sample")
     ap.add_argument("--init-predictor", default=None, help="fine-tune: start from this predictor checkpoint")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--proprio-scale", type=float, default=5.0,
+                    help="squared gain of the frozen proprio projection (sets the proprio term's weight in the objective)")
+    ap.add_argument("--wall-aware", type=float, default=0.0,
+                    help="C > 0: the encoder's first 8 channels of every token also regress a wall-aware coordinate "
+                         "side * |y - door_y| so that the latent objective weighs it C times the proprio term "
+                         "(see models/wall/README.md: a plain Euclidean landscape traps CEM at the wall)")
+    ap.add_argument("--init-encoder", default=None, help="fine-tune the encoder from this checkpoint")
+    ap.add_argument("--enc-lr", type=float, default=1e-3)
+    ap.add_argument("--norm-from", default=None,
+                    help="take action/proprio normalization from this manifest.json (keeps a fine-tuned "
+                         "model's inputs where its initial checkpoint had them) instead of the data")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -93,6 +104,11 @@ def main():
     layout = np.asarray(D["layout"], dtype=np.float32)
     a_mean, a_std = actions[train_eps].reshape(-1, 2).mean(0), actions[train_eps].reshape(-1, 2).std(0)
     p_mean, p_std = proprio[train_eps].reshape(-1, 2).mean(0), proprio[train_eps].reshape(-1, 2).std(0)
+    if args.norm_from:
+        nm = json.load(open(args.norm_from))
+        a_mean, a_std = np.array(nm["action_mean"], np.float32), np.array(nm["action_std"], np.float32)
+        p_mean, p_std = np.array(nm["proprio_mean"], np.float32), np.array(nm["proprio_std"], np.float32)
+        log(f"normalization from {args.norm_from}")
     log(f"dataset {E} episodes x {T} steps, {S}px; action mean {a_mean} std {a_std}; proprio mean {p_mean} std {p_std}")
     frames = D["frames"]
 
@@ -103,17 +119,34 @@ def main():
     probe_head = nn.Linear(args.enc_dim, 4)
     enc_ckpt = os.path.join(args.work, "encoder.pt")
     enc_hist = []
+    # wall-aware channels: value s_g * side * |y - door_y| (pixels), spread over WA channels, with s_g
+    # chosen so that its share of the visual MSE is C x the proprio term's per squared pixel
+    WA = 8
+    p_std_px = float(np.mean(p_std))
+    s_g = args.wall_aware * math.sqrt(64.0 / 10.0 * args.proprio_scale) / p_std_px
+
+    def wall_target(st, lay):  # st [B,2] (x,y), lay [B,2] (wall_x, door_y) -> [B, WA]
+        side = np.where(st[:, 0] < lay[:, 0], -1.0, 1.0)
+        g = s_g * side * np.abs(st[:, 1] - lay[:, 1]) / math.sqrt(WA)
+        return torch.from_numpy(np.repeat(g[:, None], WA, axis=1).astype(np.float32))
+
     if os.path.exists(enc_ckpt):
         ck = torch.load(enc_ckpt)
         vit.load_state_dict(ck["vit"]); enc_hist = ck["hist"]
         log("encoder: resumed finished checkpoint")
     else:
+        if args.init_encoder:
+            ck = torch.load(args.init_encoder)
+            vit.load_state_dict(ck["vit"]); enc_hist = list(ck["hist"])
+            if "recon_head" in ck:
+                recon_head.load_state_dict(ck["recon_head"]); probe_head.load_state_dict(ck["probe_head"])
+            log(f"encoder: fine-tuning from {args.init_encoder}")
         params = list(vit.parameters()) + list(recon_head.parameters()) + list(probe_head.parameters())
-        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+        opt = torch.optim.AdamW(params, lr=args.enc_lr, weight_decay=0.05)
         t0 = time.time()
         for step in range(args.enc_steps):
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, args.enc_steps, 1e-3)
+                g["lr"] = cosine_lr(step, args.enc_steps, args.enc_lr)
             e = rng.choice(train_eps, args.batch); t = rng.integers(0, T + 1, args.batch)
             idx = np.lexsort((t, e))  # sorted reads from the memory map
             e, t = e[idx], t[idx]
@@ -126,11 +159,17 @@ def main():
             st = torch.from_numpy((st - 32.0) / 16.0).float()
             probe = F.mse_loss(probe_head(tok), st[:, None, :].expand(-1, N, 4))
             loss = rec + probe
+            wall = torch.zeros(())
+            if args.wall_aware > 0:
+                tgt_w = wall_target(states[e, t], layout[e])
+                wall = F.mse_loss(tok[:, :, :WA], tgt_w[:, None, :].expand(-1, N, WA))
+                loss = loss + wall
             opt.zero_grad(); loss.backward(); opt.step()
             if step % 200 == 0 or step == args.enc_steps - 1:
-                enc_hist.append({"step": step, "recon": rec.item(), "probe": probe.item()})
-                log(f"enc step {step} recon {rec.item():.4f} probe {probe.item():.4f} ({(time.time()-t0)/(step+1)*1000:.0f} ms/step)")
-        torch.save({"vit": vit.state_dict(), "hist": enc_hist}, enc_ckpt)
+                enc_hist.append({"step": step, "recon": rec.item(), "probe": probe.item(), "wall_aware": wall.item()})
+                log(f"enc step {step} recon {rec.item():.4f} probe {probe.item():.4f} wall {wall.item():.4f} ({(time.time()-t0)/(step+1)*1000:.0f} ms/step)")
+        torch.save({"vit": vit.state_dict(), "hist": enc_hist, "recon_head": recon_head.state_dict(),
+                    "probe_head": probe_head.state_dict()}, enc_ckpt)
     vit.eval()
     for p_ in vit.parameters():
         p_.requires_grad_(False)
@@ -153,7 +192,7 @@ def main():
     g = torch.Generator().manual_seed(args.seed + 17)
     q, _ = torch.linalg.qr(torch.randn(10, 2, generator=g))
     with torch.no_grad():
-        prop_enc.weight.copy_((q * math.sqrt(5.0))[:, :, None]); prop_enc.bias.zero_()
+        prop_enc.weight.copy_((q * math.sqrt(args.proprio_scale))[:, :, None]); prop_enc.bias.zero_()
     for p_ in prop_enc.parameters():
         p_.requires_grad_(False)
 
@@ -263,8 +302,10 @@ def main():
         "seed": args.seed,
         "dataset": {"episodes": E, "steps": T, "seed": meta["seed"], "held_out_episodes": int(n_val)},
         "encoder": {"dim": args.enc_dim, "depth": args.enc_depth, "heads": 4, "patch": args.patch, "steps": args.enc_steps,
-                    "objective": "per-patch pixel reconstruction + per-token state probe", "final": enc_hist[-1] if enc_hist else None},
-        "proprio_encoder": "frozen random projection (orthonormal columns x sqrt(5))",
+                    "objective": "per-patch pixel reconstruction + per-token state probe"
+                                 + (f" + wall-aware channels (C {args.wall_aware}, {WA} channels, s_g {s_g:.4f})" if args.wall_aware > 0 else ""),
+                    "init": args.init_encoder, "final": enc_hist[-1] if enc_hist else None},
+        "proprio_encoder": f"frozen random projection (orthonormal columns x sqrt({args.proprio_scale}))",
         "predictor": {"dim": args.enc_dim + 20, "depth": args.pred_depth, "heads": args.pred_heads, "dim_head": args.pred_dim_head,
                       "mlp": args.pred_mlp, "steps": args.pred_steps, "batch": args.batch, "rollout": R, "lr": args.lr,
                       "init": args.init_predictor,

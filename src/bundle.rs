@@ -287,8 +287,17 @@ pub struct Bundle {
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join("manifest.json");
     let text = std::fs::read_to_string(&path).map_err(|e| QwmError::io(&path, e))?;
-    let m: Manifest = serde_json::from_str(&text)
-        .map_err(|e| QwmError::bundle(&path, format!("invalid manifest: {e}")))?;
+    // serde_path_to_error names the offending field ("image_size: invalid type ...").
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if field.is_empty() || field == "." {
+            QwmError::bundle(&path, format!("invalid manifest: {inner}"))
+        } else {
+            QwmError::bundle(&path, format!("invalid manifest: field {field}: {inner}"))
+        }
+    })?;
     m.validate(&path)?;
     Ok(m)
 }

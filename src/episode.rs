@@ -5,7 +5,7 @@ use crate::env::{Env, Frame, Task};
 use crate::error::{QwmError, Result};
 use crate::model::{Latent, WorldModel};
 use crate::plan::{Planner, Rollout};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// Model-predictive control settings.
@@ -87,7 +87,7 @@ impl Rollout for ModelRollout<'_> {
 }
 
 /// One MPC iteration's timings (seconds).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StepTiming {
     /// Encoding the observation.
     pub encode_s: f64,
@@ -100,7 +100,7 @@ pub struct StepTiming {
 }
 
 /// Result of one episode.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpisodeResult {
     /// Episode index in the run.
     pub index: usize,

@@ -7,14 +7,17 @@
 //! (memory and timing readings).
 
 pub mod backend;
+pub mod bench;
 pub mod bundle;
 pub mod env;
 pub mod episode;
 pub mod error;
+pub mod mem;
 pub mod model;
 pub mod plan;
 pub mod profile;
 pub mod quant;
 pub mod report;
+pub mod target;
 
 pub use error::{QwmError, Result};

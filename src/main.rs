@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use qwm::backend::{make_backend, LoadOptions};
+use qwm::backend::{make_backend, make_backend_with, LoadOptions};
 use qwm::bundle::Bundle;
 use qwm::episode::{run_episode, MpcConfig};
 use qwm::model::WorldModel;
@@ -13,6 +13,7 @@ use std::time::Instant;
 
 #[derive(Parser)]
 #[command(
+    allow_negative_numbers = true,
     name = "qwm",
     version,
     about = "Edge runtime for quantized latent world models (DINO-WM style)"
@@ -27,6 +28,7 @@ enum Cmd {
     /// Run headless MPC planning episodes with a world model and report success, time and memory.
     Plan(PlanArgs),
     /// Generate a trajectory dataset (.npy files) from an environment's scripted policy.
+    #[command(allow_negative_numbers = true)]
     Dataset {
         /// Environment.
         #[arg(long, default_value = "wall")]
@@ -43,11 +45,17 @@ enum Cmd {
         /// Frame side in pixels (the model's input size).
         #[arg(long, default_value_t = 64)]
         image_size: usize,
+        /// Top per-axis speed of the scripted pushes and door runs (up to the action bound
+        /// 2.45); the default keeps the original ranges (1.6 / 1.4). Planners sample up to the
+        /// bound, so a model that never saw fast pushes into the wall mispredicts them.
+        #[arg(long)]
+        speed_max: Option<f64>,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
     },
     /// Post-training quantization of a float bundle into a new bundle (QDQ "simulate" form).
+    #[command(allow_negative_numbers = true)]
     Quantize {
         /// Float bundle.
         #[arg(long, default_value = "models/wall")]
@@ -83,6 +91,9 @@ enum Cmd {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Time one graph call (encoder or predictor) at a batch size on a backend; optionally
+    /// against onnxruntime's Python API on the same graph, inputs and threads.
+    Bench(BenchArgs),
     /// Show a bundle's manifest summary (and verify its files).
     Inspect {
         /// Bundle folder.
@@ -90,7 +101,59 @@ enum Cmd {
     },
 }
 
+#[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
+struct BenchArgs {
+    /// Bundle folder.
+    #[arg(long, default_value = "models/wall")]
+    model: PathBuf,
+    /// Graph to time: predictor or encoder.
+    #[arg(long, default_value = "predictor")]
+    graph: String,
+    /// Batch size (CEM candidates per predictor call; DINO-WM's Wall budget is 300).
+    #[arg(long, default_value_t = 300)]
+    batch: usize,
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed calls.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Untimed warm-up calls.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Execution engine: tract or ort. Default: the --target profile's, else tract.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Board profile (targets/NAME.toml, or a path): threads, memory budget and backend.
+    #[arg(long)]
+    target: Option<String>,
+    /// Most heap memory qwm may use, e.g. 512M (see `qwm plan --help`).
+    #[arg(long, allow_hyphen_values = true)]
+    mem_limit: Option<String>,
+    /// Path of libonnxruntime for --backend ort.
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// Also time onnxruntime's Python API on the same graph (runs --python-script) and print
+    /// qwm's throughput relative to it.
+    #[arg(long)]
+    vs_python: bool,
+    /// Python interpreter for --vs-python.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// The reference script for --vs-python.
+    #[arg(long, default_value = "models/bench_ort.py")]
+    python_script: PathBuf,
+    /// Write the result as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[derive(Args, Debug, serde::Serialize)]
+#[command(allow_negative_numbers = true)]
 struct PlanArgs {
     /// Bundle folder (manifest.json + encoder.onnx + predictor.onnx).
     #[arg(long, default_value = "models/wall")]
@@ -138,21 +201,40 @@ struct PlanArgs {
     /// Worker threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Execution engine: tract (default) or ort (ONNX Runtime; build with --features ort).
-    #[arg(long, default_value = "tract")]
-    backend: String,
+    /// Execution engine: tract or ort (ONNX Runtime; build with --features ort). Default: the
+    /// --target profile's, else tract.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Board profile (targets/NAME.toml, or a path): applies its threads, memory budget (as
+    /// --mem-limit) and backend unless those flags are given.
+    #[arg(long)]
+    target: Option<String>,
+    /// Most heap memory qwm may use, e.g. 512M or 2G: an allocation over it stops the run with a
+    /// clear error (exit status 3) instead of an OOM kill; the peak is reported against it.
+    #[arg(long, allow_hyphen_values = true)]
+    mem_limit: Option<String>,
     /// Path of libonnxruntime for --backend ort (else ORT_DYLIB_PATH, else the onnxruntime Python package).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
-    /// Write the full report as JSON.
+    /// Write the full report as JSON (rewritten after every episode, so an interrupted run keeps
+    /// its finished episodes).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Continue an interrupted run: keep the finished episodes in the --json file (which must come
+    /// from the same settings) and run only the rest. Episodes are independent (each has its own
+    /// seeds), so the result equals an uninterrupted run's.
+    #[arg(long, requires = "json")]
+    resume: bool,
     /// Write each episode's observed frames (and goal) as PNG files under this folder.
     #[arg(long)]
     save_frames: Option<PathBuf>,
 }
 
+#[global_allocator]
+static ALLOC: qwm::mem::CountingAlloc = qwm::mem::CountingAlloc;
+
 fn main() {
+    qwm::mem::mark_installed();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -170,9 +252,11 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             seed,
             image_size,
+            speed_max,
             out,
         } => {
-            let ds = qwm::env::dataset::generate(&env, episodes, steps, seed, image_size)?;
+            let ds =
+                qwm::env::dataset::generate(&env, episodes, steps, seed, image_size, speed_max)?;
             ds.write(&out)
                 .with_context(|| format!("writing dataset to {}", out.display()))?;
             println!("wrote {episodes} episodes x {steps} steps of {env} ({image_size}x{image_size} frames) to {}", out.display());
@@ -223,6 +307,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Bench(args) => bench(args),
         Cmd::Inspect { model } => {
             let b = Bundle::open(&model)?;
             let m = &b.manifest;
@@ -298,11 +383,8 @@ fn write_png(path: &Path, f: &qwm::env::Frame) -> Result<()> {
     Ok(())
 }
 
-fn plan(args: PlanArgs) -> Result<()> {
-    if args.episodes == 0 {
-        bail!("--episodes must be at least 1");
-    }
-    let threads = args.threads.unwrap_or_else(|| {
+fn default_threads(flag: Option<usize>) -> Result<usize> {
+    let threads = flag.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -310,6 +392,126 @@ fn plan(args: PlanArgs) -> Result<()> {
     if threads == 0 || threads > 256 {
         bail!("--threads {threads} must be in 1..=256");
     }
+    Ok(threads)
+}
+
+/// Threads, backend name and memory limit after applying a board profile under explicit flags.
+fn resolve_run_settings(
+    threads: Option<usize>,
+    backend: Option<&str>,
+    target: Option<&str>,
+    mem_limit: Option<&str>,
+) -> Result<(usize, String, Option<u64>)> {
+    let profile = target.map(qwm::target::load).transpose()?;
+    if let Some(p) = &profile {
+        if !p.triple.starts_with(qwm::target::host_arch()) {
+            log::warn!(
+                "--target {}: profile is for {}, this qwm runs on {}",
+                p.name,
+                p.triple,
+                qwm::target::host_arch()
+            );
+        }
+    }
+    let threads = default_threads(threads.or(profile.as_ref().map(|p| p.threads)))?;
+    let backend = backend
+        .map(str::to_string)
+        .or(profile.as_ref().map(|p| p.backend.clone()))
+        .unwrap_or_else(|| "tract".into());
+    let limit = match (mem_limit, &profile) {
+        (Some(m), _) => Some(qwm::mem::parse_size(m, "--mem-limit")?),
+        (None, Some(p)) => Some(p.memory_budget_bytes()?),
+        (None, None) => None,
+    };
+    if let Some(l) = limit {
+        let now = qwm::mem::current_bytes() as u64;
+        if l <= now {
+            bail!(
+                "--mem-limit {}: qwm already uses {} before loading anything; raise the limit",
+                qwm::profile::fmt_bytes(l),
+                qwm::profile::fmt_bytes(now)
+            );
+        }
+        qwm::mem::set_limit(l as usize);
+    }
+    Ok((threads, backend, limit))
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let (threads, backend_name, _) = resolve_run_settings(
+        args.threads,
+        args.backend.as_deref(),
+        args.target.as_deref(),
+        args.mem_limit.as_deref(),
+    )?;
+    let bundle = Bundle::open(&args.model)?;
+    let backend = make_backend_with(&backend_name, args.ort_lib.as_deref())?;
+    let cfg = qwm::bench::BenchConfig {
+        graph: args.graph.clone(),
+        batch: args.batch,
+        threads,
+        iters: args.iters,
+        warmup: args.warmup,
+        seed: args.seed,
+    };
+    let r = qwm::bench::bench_graph(&bundle, backend.as_ref(), &cfg)?;
+    println!(
+        "qwm bench: {} {} on {} ({threads} threads), batch {}, {} calls",
+        args.model.display(),
+        args.graph,
+        r.backend,
+        args.batch,
+        args.iters
+    );
+    println!("  load + first call  {:.3} s", r.load_s);
+    println!(
+        "  call               p50 {:.2} ms, p95 {:.2} ms, mean {:.2} ms",
+        r.p50_ms, r.p95_ms, r.mean_ms
+    );
+    println!("  throughput         {:.0} items/s", r.items_per_s);
+    let mut py = None;
+    if args.vs_python {
+        let spec = if args.graph == "encoder" {
+            &bundle.manifest.graphs.encoder
+        } else {
+            &bundle.manifest.graphs.predictor
+        };
+        let p = qwm::bench::bench_python(
+            &args.python,
+            &args.python_script,
+            &args.model.join(&spec.file),
+            &cfg,
+        )?;
+        println!(
+            "  onnxruntime-python {} p50 {:.2} ms, mean {:.2} ms",
+            p.onnxruntime, p.p50_ms, p.mean_ms
+        );
+        println!(
+            "  qwm/{} throughput vs onnxruntime-python: {:.3}x (mean), {:.3}x (p50)",
+            r.backend,
+            p.mean_ms / r.mean_ms,
+            p.p50_ms / r.p50_ms
+        );
+        py = Some(p);
+    }
+    if let Some(path) = &args.json {
+        let v = serde_json::json!({"qwm": r, "onnxruntime_python": py});
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn plan(args: PlanArgs) -> Result<()> {
+    if args.episodes == 0 {
+        bail!("--episodes must be at least 1");
+    }
+    let (threads, backend_name, mem_limit) = resolve_run_settings(
+        args.threads,
+        args.backend.as_deref(),
+        args.target.as_deref(),
+        args.mem_limit.as_deref(),
+    )?;
     let planner: Box<dyn Planner> = match args.planner {
         PlannerKind::Cem => Box::new(Cem::new(
             args.samples,
@@ -331,7 +533,14 @@ fn plan(args: PlanArgs) -> Result<()> {
         chunk: args.chunk.unwrap_or(args.samples),
     };
     cfg.validate()?;
-    let backend = qwm::backend::make_backend_with(&args.backend, args.ort_lib.as_deref())?;
+    if let Some(path) = &args.json {
+        // Fail now, not after the episodes, when the report cannot be written.
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, b"")
+            .with_context(|| format!("--json: cannot write {}", path.display()))?;
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let backend = make_backend_with(&backend_name, args.ort_lib.as_deref())?;
     let t0 = Instant::now();
     let bundle = Bundle::open(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
@@ -361,8 +570,15 @@ fn plan(args: PlanArgs) -> Result<()> {
     let load_peak = qwm::profile::peak_rss_bytes();
     println!(
         "qwm plan: model {} on {} ({} threads), {:?} {} samples, top-k {}, {} opt steps, horizon {}, {} taken, max {} MPC steps, {} episodes",
-        args.model.display(), args.backend, threads, args.planner, args.samples, args.topk, args.opt_steps, args.horizon, args.n_taken, args.max_iter, args.episodes
+        args.model.display(), backend_name, threads, args.planner, args.samples, args.topk, args.opt_steps, args.horizon, args.n_taken, args.max_iter, args.episodes
     );
+    if let Some(l) = mem_limit {
+        println!(
+            "  memory limit {} (heap after load {})",
+            qwm::profile::fmt_bytes(l),
+            qwm::profile::fmt_bytes(qwm::mem::current_bytes() as u64)
+        );
+    }
     if let Some(dir) = &args.save_frames {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--save-frames: cannot create {}", dir.display()))?;
@@ -374,8 +590,50 @@ fn plan(args: PlanArgs) -> Result<()> {
         )
         .expect("template"),
     );
-    let mut results = Vec::new();
-    for i in 0..args.episodes {
+    let mut results: Vec<qwm::episode::EpisodeResult> = match (&args.json, args.resume) {
+        (Some(path), true) if path.exists() => previous_episodes(path, &args)?,
+        _ => Vec::new(),
+    };
+    if !results.is_empty() {
+        println!(
+            "resuming {}: {} of {} episodes already done",
+            args.json.as_ref().expect("resume requires json").display(),
+            results.len(),
+            args.episodes
+        );
+        for r in &results {
+            let line = qwm::report::episode_line(r);
+            if pb.is_hidden() {
+                println!("{line}");
+            } else {
+                pb.println(line);
+            }
+        }
+        pb.set_position(results.len() as u64);
+    }
+    let config = serde_json::json!({"args": &args, "threads": threads, "env": env_name});
+    let write_report = |results: &[qwm::episode::EpisodeResult], complete: bool| -> Result<()> {
+        let Some(path) = &args.json else {
+            return Ok(());
+        };
+        let report = qwm::report::PlanReport {
+            qwm_version: env!("CARGO_PKG_VERSION").to_string(),
+            config: config.clone(),
+            load_time_s,
+            load_peak_rss_bytes: load_peak,
+            episodes: results.to_vec(),
+            summary: qwm::report::summarize(results, qwm::profile::peak_rss_bytes()),
+            complete,
+        };
+        let text = serde_json::to_string_pretty(&report)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .with_context(|| format!("--json: cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("--json: cannot write {}", path.display()))?;
+        Ok(())
+    };
+    for i in results.len()..args.episodes {
         let task_seed = 99 * (args.seed + i as u64) + 1;
         let mut frames = args.save_frames.as_ref().map(|_| Vec::new());
         let r = run_episode(
@@ -412,6 +670,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             pb.println(line);
         }
         results.push(r);
+        write_report(&results, results.len() == args.episodes)?;
         let ok = results.iter().filter(|e| e.success).count();
         pb.set_message(format!("success {ok}/{}", results.len()));
         pb.inc(1);
@@ -422,21 +681,40 @@ fn plan(args: PlanArgs) -> Result<()> {
         "{}",
         qwm::report::summary_text(&summary, load_time_s, load_peak)
     );
-    if let Some(path) = &args.json {
-        let report = qwm::report::PlanReport {
-            qwm_version: env!("CARGO_PKG_VERSION").to_string(),
-            config: serde_json::json!({"args": &args, "threads": threads, "env": env_name}),
-            load_time_s,
-            load_peak_rss_bytes: load_peak,
-            episodes: results,
-            summary,
-        };
-        let text = serde_json::to_string_pretty(&report)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text)
-            .with_context(|| format!("--json: cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("--json: cannot write {}", path.display()))?;
-    }
+    write_report(&results, true)?;
     Ok(())
+}
+
+/// Finished episodes of an interrupted `--json` report, if it was written with the same settings.
+fn previous_episodes(path: &Path, args: &PlanArgs) -> Result<Vec<qwm::episode::EpisodeResult>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--resume: cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--resume: {} is not a qwm plan report", path.display()))?;
+    let mut want = serde_json::to_value(args)?;
+    let mut have = v["config"]["args"].clone();
+    for a in [&mut want, &mut have] {
+        if let Some(o) = a.as_object_mut() {
+            o.remove("resume");
+            o.remove("episodes");
+        }
+    }
+    if want != have {
+        bail!(
+            "--resume: {} was written with different settings ({}); use another --json file or drop --resume",
+            path.display(),
+            have
+        );
+    }
+    let eps: Vec<qwm::episode::EpisodeResult> = serde_json::from_value(v["episodes"].clone())
+        .with_context(|| format!("--resume: episodes in {} are unreadable", path.display()))?;
+    if eps.len() > args.episodes {
+        bail!(
+            "--resume: {} already has {} episodes, more than --episodes {}",
+            path.display(),
+            eps.len(),
+            args.episodes
+        );
+    }
+    Ok(eps)
 }

@@ -31,6 +31,13 @@ pub struct Summary {
     pub non_finite_candidates: usize,
     /// Peak resident set size of the process (bytes).
     pub peak_rss_bytes: u64,
+    /// Peak of qwm's counted heap (Rust allocations: weights, activations, planner buffers),
+    /// bytes; 0 where the counting allocator is not installed (library use).
+    #[serde(default)]
+    pub heap_peak_bytes: u64,
+    /// The memory limit in force (`--mem-limit` or the target's budget), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_limit_bytes: Option<u64>,
 }
 
 /// Everything `qwm plan --json` writes.
@@ -48,6 +55,9 @@ pub struct PlanReport {
     pub episodes: Vec<EpisodeResult>,
     /// Summary.
     pub summary: Summary,
+    /// False while episodes are still running: the report is rewritten (atomically) after every
+    /// episode, so an interrupted run keeps what it finished and `--resume` continues it.
+    pub complete: bool,
 }
 
 /// Summarize episodes.
@@ -88,6 +98,12 @@ pub fn summarize(eps: &[EpisodeResult], peak_rss_bytes: u64) -> Summary {
         },
         non_finite_candidates: eps.iter().map(|e| e.non_finite_candidates).sum(),
         peak_rss_bytes,
+        heap_peak_bytes: if crate::mem::counting() {
+            crate::mem::peak_bytes() as u64
+        } else {
+            0
+        },
+        mem_limit_bytes: crate::mem::limit().map(|b| b as u64),
     }
 }
 
@@ -125,5 +141,23 @@ pub fn summary_text(s: &Summary, load_time_s: f64, load_peak: u64) -> String {
         load_time_s,
         fmt_bytes(load_peak),
         fmt_bytes(s.peak_rss_bytes)
+    ) + &heap_line(s)
+}
+
+fn heap_line(s: &Summary) -> String {
+    if s.heap_peak_bytes == 0 {
+        return String::new();
+    }
+    let limit = match s.mem_limit_bytes {
+        Some(l) => format!(
+            " of --mem-limit {} ({:.0}%)",
+            fmt_bytes(l),
+            100.0 * s.heap_peak_bytes as f64 / l as f64
+        ),
+        None => String::new(),
+    };
+    format!(
+        "\n  heap peak             {}{limit}",
+        fmt_bytes(s.heap_peak_bytes)
     )
 }

@@ -46,3 +46,182 @@ fn ort_matches_pytorch_and_tract() {
     run_both(&wall());
     run_both(&tiny_h3());
 }
+
+/// Quantized forms run on both backends and agree. Tolerance per output is max |ort - tract| /
+/// max |tract| over the fixture batch: weight-only schemes compute the same float products after
+/// dequantization (1e-4, accumulation order only); static activation quantization can flip one
+/// rounding step where a value sits on a half-step (1e-2); per-token dynamic activations are
+/// float subgraphs (1e-3).
+#[test]
+fn quantized_forms_agree_across_backends() {
+    use qwm::quant::{quantize_bundle, scheme::Scheme, Method, QuantizeConfig};
+    let src = tiny_h3();
+    let tract = make_backend("tract").unwrap();
+    let ort = make_backend("ort").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (method, scheme, tol) in [
+        (Method::Rtn, "w8", 1e-4),
+        (Method::Rtn, "w4-g8", 1e-4),
+        (Method::Rtn, "w3", 1e-4),
+        (Method::Awq, "w4-g8", 1e-4),
+        (Method::Rtn, "w8a8", 1e-2),
+        (Method::Smoothquant, "w8a8", 1e-2),
+        (Method::Omse, "w8a8-token", 1e-3),
+    ] {
+        let out = tmp.path().join(format!("{method:?}-{scheme}"));
+        let cfg = QuantizeConfig {
+            model: src.clone(),
+            out: out.clone(),
+            method,
+            encoder: Scheme::parse(scheme, "--encoder").unwrap(),
+            predictor: Scheme::parse(scheme, "--predictor").unwrap(),
+            calib_episodes: 1,
+            calib_iters: 1,
+            calib_samples: 16,
+            smooth_alpha: 0.5,
+            threads: 1,
+        };
+        quantize_bundle(&cfg, tract.as_ref()).unwrap();
+        let b = Bundle::open(&out).unwrap();
+        let mut outs = vec![];
+        for backend in [&tract, &ort] {
+            let enc = backend
+                .load(&b.encoder, &LoadOptions { threads: 1 })
+                .unwrap();
+            let pred = backend
+                .load(&b.predictor, &LoadOptions { threads: 1 })
+                .unwrap();
+            let mut o = run_encoder_fixture(&src, enc.as_ref());
+            o.extend(run_predictor_fixture(&src, pred.as_ref()));
+            outs.push(o);
+        }
+        for (i, name) in ["visual", "proprio_emb", "next_visual", "next_proprio_emb"]
+            .iter()
+            .enumerate()
+        {
+            let e = rel_err(&outs[1][i].data, &outs[0][i].data);
+            assert!(
+                e <= tol,
+                "{method:?} {scheme}: {name} ort vs tract rel err {e} > {tol}"
+            );
+        }
+    }
+}
+
+/// Same observation, goal and candidates: both backends rank the same candidate best.
+#[test]
+fn planner_picks_the_same_best_candidate_on_both_backends() {
+    use qwm::model::WorldModel;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    let b = Bundle::open(&wall()).unwrap();
+    let mut env = qwm::env::make_env("wall").unwrap();
+    let task = env.sample_task(100);
+    env.reset_to(&task).unwrap();
+    let frame = env.render(b.manifest.image_size);
+    let goal_frame = env.render_state(&task.goal, b.manifest.image_size);
+    let (batch, horizon) = (300, 5);
+    let a_dim = b.manifest.model_action_dim();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let actions: Vec<f32> = (0..batch * horizon * a_dim)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
+    let mut scores = vec![];
+    for name in ["tract", "ort"] {
+        let backend = make_backend(name).unwrap();
+        let mut wm = WorldModel::load(&b, backend.as_ref(), &LoadOptions { threads: 2 }).unwrap();
+        let z = wm.encode(&[&frame], &[&env.proprio()]).unwrap().remove(0);
+        let g = wm
+            .encode(&[&goal_frame], &[&env.proprio_of(&task.goal)])
+            .unwrap()
+            .remove(0);
+        let pred = wm.rollout(&[z], &[], &actions, batch, horizon).unwrap();
+        scores.push(wm.objective(&pred, &g));
+    }
+    let best = |s: &[f32]| qwm::plan::rank(s)[0];
+    assert!(scores.iter().flatten().all(|v| v.is_finite()));
+    assert_eq!(best(&scores[0]), best(&scores[1]));
+    let e = rel_err(&scores[1], &scores[0]);
+    assert!(e <= 1e-4, "objective rel err {e}");
+}
+
+/// `qwm bench --backend ort --vs-python` times the same graph in qwm and in onnxruntime's Python
+/// API and prints the ratio (QWM_PYTHON: an interpreter with onnxruntime and numpy; CI sets it).
+#[test]
+fn bench_compares_against_onnxruntime_python() {
+    let python = std::env::var("QWM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
+        .current_dir(root())
+        .args([
+            "bench",
+            "--backend",
+            "ort",
+            "--batch",
+            "8",
+            "--iters",
+            "3",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--vs-python",
+            "--python",
+            &python,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("onnxruntime-python 1.32"), "{text}");
+    assert!(text.contains("throughput vs onnxruntime-python"), "{text}");
+}
+
+/// `qwm plan --backend ort` runs the same episode as tract (same seed, same small budget).
+#[test]
+fn plan_runs_the_same_episode_on_both_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut finals = vec![];
+    for backend in ["tract", "ort"] {
+        let json = tmp.path().join(format!("{backend}.json"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
+            .current_dir(root())
+            .args([
+                "plan",
+                "--backend",
+                backend,
+                "--episodes",
+                "1",
+                "--samples",
+                "32",
+                "--topk",
+                "4",
+                "--opt-steps",
+                "2",
+                "--max-iter",
+                "1",
+                "--threads",
+                "1",
+                "--json",
+            ])
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        finals.push(v["episodes"][0]["final_state"].clone());
+    }
+    let (a, b) = (finals[0].as_array().unwrap(), finals[1].as_array().unwrap());
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!((x - y).abs() < 1e-3, "final states differ: {a:?} vs {b:?}");
+    }
+}

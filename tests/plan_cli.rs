@@ -127,3 +127,163 @@ fn dataset_command_writes_numpy_files() {
     let ds = qwm::env::dataset::Dataset::read(&out).unwrap();
     assert_eq!(ds.frames.shape(), &[2, 6, 16, 16, 3]);
 }
+
+/// An interrupted `--json` run keeps its finished episodes; `--resume` runs only the rest and
+/// ends with the same episodes as an uninterrupted run. Different settings are refused.
+#[test]
+fn interrupted_runs_resume_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let args = |episodes: &str, extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "plan",
+            "--model",
+            "tests/data/tiny_h3",
+            "--samples",
+            "16",
+            "--topk",
+            "4",
+            "--opt-steps",
+            "1",
+            "--max-iter",
+            "1",
+            "--threads",
+            "1",
+            "--episodes",
+            episodes,
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.push(json.to_str().unwrap().to_string());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let call = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        qwm(&a)
+    };
+    let (ok, _, err) = call(args("3", &[]));
+    assert!(ok, "{err}");
+    let full: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(full["complete"], true);
+    // Simulate a kill after the first episode: the report as it was then.
+    let mut partial = full.clone();
+    partial["episodes"].as_array_mut().unwrap().truncate(1);
+    partial["complete"] = false.into();
+    std::fs::write(&json, serde_json::to_string(&partial).unwrap()).unwrap();
+    let (ok, stdout, err) = call(args("3", &["--resume"]));
+    assert!(ok, "{err}");
+    assert!(stdout.contains("1 of 3 episodes already done"), "{stdout}");
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(outcome(&resumed), outcome(&full));
+    assert_eq!(resumed["complete"], true);
+    // Other settings: refused, naming the file.
+    let mut other = args("3", &["--resume"]);
+    let i = other.iter().position(|a| a == "16").unwrap();
+    other[i] = "20".into();
+    let (ok, _, err) = call(other);
+    assert!(
+        !ok && err.contains("--resume") && err.contains("run.json"),
+        "{err}"
+    );
+}
+
+/// A memory limit below what loading needs stops the run at once with a clear message and exit
+/// status 3 (never an OOM kill); a sufficient one is reported against the measured heap peak.
+#[test]
+fn memory_limit_is_enforced_and_reported() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
+        .current_dir(root())
+        .args([
+            "plan",
+            "--episodes",
+            "1",
+            "--samples",
+            "16",
+            "--topk",
+            "2",
+            "--opt-steps",
+            "1",
+        ])
+        .args(["--max-iter", "1", "--mem-limit", "3M"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("memory limit exceeded") && err.contains("--mem-limit"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let (ok, stdout, stderr) = qwm(&[
+        "plan",
+        "--episodes",
+        "1",
+        "--samples",
+        "16",
+        "--topk",
+        "2",
+        "--opt-steps",
+        "1",
+        "--max-iter",
+        "1",
+        "--mem-limit",
+        "1G",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("heap peak") && stdout.contains("of --mem-limit 1.00 GiB"),
+        "{stdout}"
+    );
+}
+
+/// `--target` applies a board profile's threads and budget; explicit flags win.
+#[test]
+fn target_profiles_apply_threads_and_memory_budget() {
+    let (ok, stdout, stderr) = qwm(&[
+        "plan",
+        "--target",
+        "rpi5",
+        "--episodes",
+        "1",
+        "--samples",
+        "16",
+        "--topk",
+        "2",
+        "--opt-steps",
+        "1",
+        "--max-iter",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("(4 threads)"), "{stdout}");
+    assert!(stdout.contains("memory limit 2.00 GiB"), "{stdout}");
+    let (ok, stdout, stderr) = qwm(&[
+        "plan",
+        "--target",
+        "rpi5",
+        "--threads",
+        "1",
+        "--mem-limit",
+        "512M",
+        "--episodes",
+        "1",
+        "--samples",
+        "16",
+        "--topk",
+        "2",
+        "--opt-steps",
+        "1",
+        "--max-iter",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("(1 threads)") && stdout.contains("memory limit 512.0 MiB"),
+        "{stdout}"
+    );
+}

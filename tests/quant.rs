@@ -137,7 +137,18 @@ fn cfg(
 
 #[test]
 fn dequantized_weights_match_the_reference_for_every_scheme() {
-    let src = tiny_h3();
+    check_reference(&tiny_h3(), &[None, Some(8), Some(12)]);
+}
+
+/// The shipped Wall model's variants (issue matrix: RTN and OMSE x W8/W6/W4/W3 x per-channel and
+/// group 32; 84-wide predictor inputs leave a partial last group).
+#[test]
+fn wall_model_weights_match_the_reference_for_every_scheme() {
+    check_reference(&wall(), &[None, Some(32)]);
+}
+
+fn check_reference(src: &std::path::Path, groups: &[Option<usize>]) {
+    let src = src.to_path_buf();
     let b = Bundle::open(&src).unwrap();
     let float = [
         qonnx::decode(&b.encoder.bytes, "enc").unwrap(),
@@ -147,7 +158,7 @@ fn dequantized_weights_match_the_reference_for_every_scheme() {
     let tmp = tempfile::tempdir().unwrap();
     for method in [Method::Rtn, Method::Omse] {
         for bits in [8u32, 6, 4, 3] {
-            for group in [None, Some(8), Some(12)] {
+            for &group in groups {
                 let scheme = match group {
                     None => format!("w{bits}"),
                     Some(g) => format!("w{bits}-g{g}"),

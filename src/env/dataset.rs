@@ -29,6 +29,9 @@ pub struct DatasetMeta {
     pub image_size: usize,
     /// Environment action dimension.
     pub action_dim: usize,
+    /// Top speed of the scripted pushes and door runs, if raised (see `qwm dataset --speed-max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_max: Option<f64>,
 }
 
 /// In-memory dataset.
@@ -61,6 +64,7 @@ pub fn generate(
     steps: usize,
     seed: u64,
     image_size: usize,
+    speed_max: Option<f64>,
 ) -> Result<Dataset> {
     if episodes == 0 || steps == 0 {
         return Err(QwmError::Usage(
@@ -71,6 +75,14 @@ pub fn generate(
         return Err(QwmError::Usage(format!(
             "dataset: --image-size must be in 8..=512, got {image_size}"
         )));
+    }
+    if let Some(v) = speed_max {
+        if !(v > 0.5 && v <= crate::env::wall::MAX_ACTION) {
+            return Err(QwmError::Usage(format!(
+                "dataset: --speed-max {v} must be in (0.5, {}]",
+                crate::env::wall::MAX_ACTION
+            )));
+        }
     }
     if env_name != "wall" {
         return Err(QwmError::Usage(format!(
@@ -87,7 +99,7 @@ pub fn generate(
     for e in 0..episodes {
         let mut rng = ChaCha8Rng::seed_from_u64(episode_seed(seed, e));
         let (mut policy, lay, start): (WallDataPolicy, Layout, [f64; 2]) =
-            WallDataPolicy::start(&mut rng);
+            WallDataPolicy::start(&mut rng, speed_max);
         env.set(lay, start);
         layout[[e, 0]] = lay.wall_x as f32;
         layout[[e, 1]] = lay.door_y as f32;
@@ -121,6 +133,7 @@ pub fn generate(
         seed,
         image_size,
         action_dim: 2,
+        speed_max,
     };
     Ok(Dataset {
         meta,
@@ -204,7 +217,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_consistent_dynamics() {
-        let ds = generate("wall", 3, 12, 5, 32).unwrap();
+        let ds = generate("wall", 3, 12, 5, 32, None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         ds.write(dir.path()).unwrap();
         let back = Dataset::read(dir.path()).unwrap();
@@ -227,7 +240,7 @@ mod tests {
             }
         }
         assert_eq!(
-            generate("wall", 3, 12, 5, 32).unwrap(),
+            generate("wall", 3, 12, 5, 32, None).unwrap(),
             ds,
             "same seed, same data"
         );
@@ -235,7 +248,7 @@ mod tests {
 
     #[test]
     fn data_crosses_the_door() {
-        let ds = generate("wall", 60, 60, 11, 16).unwrap();
+        let ds = generate("wall", 60, 60, 11, 16, None).unwrap();
         let mut crossings = 0;
         for e in 0..60 {
             let wx = ds.layout[[e, 0]];
@@ -250,8 +263,36 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_refused() {
-        assert!(generate("wall", 0, 10, 0, 64).is_err());
-        assert!(generate("nope", 1, 10, 0, 64).is_err());
-        assert!(generate("wall", 1, 10, 0, 4).is_err());
+        assert!(generate("wall", 0, 10, 0, 64, None).is_err());
+        assert!(generate("nope", 1, 10, 0, 64, None).is_err());
+        assert!(generate("wall", 1, 10, 0, 4, None).is_err());
+        for bad in [0.2, 3.0, f64::NAN] {
+            let e = generate("wall", 1, 10, 0, 16, Some(bad)).unwrap_err();
+            assert!(e.to_string().contains("--speed-max"), "{e}");
+        }
+    }
+
+    /// Fast pushes reach speeds the default policy never emits, and the option is recorded.
+    #[test]
+    fn speed_max_raises_the_top_speed() {
+        let top = |ds: &Dataset| {
+            let n = ds.actions.len() / 2;
+            let a = ds.actions.as_slice().unwrap();
+            let fast = (0..n)
+                .filter(|&i| a[2 * i].hypot(a[2 * i + 1]) > 2.0)
+                .count();
+            fast as f32 / n as f32
+        };
+        let slow = generate("wall", 80, 40, 3, 16, None).unwrap();
+        let fast = generate("wall", 80, 40, 3, 16, Some(2.45)).unwrap();
+        // Share of steps faster than 2.0 (random walks give some either way).
+        assert!(
+            top(&fast) > 3.0 * top(&slow),
+            "{} vs {}",
+            top(&fast),
+            top(&slow)
+        );
+        assert_eq!(fast.meta.speed_max, Some(2.45));
+        assert_eq!(slow.meta.speed_max, None);
     }
 }

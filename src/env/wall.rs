@@ -365,14 +365,18 @@ pub struct WallDataPolicy {
     waypoints: Vec<[f64; 2]>,
     speed: f64,
     prev: [f64; 2],
+    speed_max: Option<f64>,
 }
 
 /// Largest per-axis action the scripted policy emits (the reference's max step norm).
 pub const MAX_ACTION: f64 = 2.45;
 
 impl WallDataPolicy {
-    /// Start a new episode's policy; also samples the episode's start state.
-    pub fn start(rng: &mut impl Rng) -> (Self, Layout, [f64; 2]) {
+    /// Start a new episode's policy; also samples the episode's start state. `speed_max` raises
+    /// the top speed of pushes and door runs (per-axis action, at most [`MAX_ACTION`]); `None`
+    /// keeps the original ranges (pushes 0.4..1.6, door runs 0.3..1.4) and reproduces the data
+    /// the first models were trained on draw for draw.
+    pub fn start(rng: &mut impl Rng, speed_max: Option<f64>) -> (Self, Layout, [f64; 2]) {
         let layout = WallEnv::sample_layout(rng);
         let left_side = rng.random_bool(0.5);
         let y = rng.random_range(BORDER_LO + 0.5..BORDER_HI - 0.5);
@@ -380,7 +384,7 @@ impl WallDataPolicy {
             // Start in the door gap.
             let y = rng.random_range(layout.door_y - DOOR_HALF..layout.door_y + DOOR_HALF);
             let x = rng.random_range(layout.wall_x - WALL_HALF..layout.wall_x + WALL_HALF);
-            let mut p = Self::fresh(rng, layout, x);
+            let mut p = Self::fresh(rng, layout, x, speed_max);
             p.0.waypoints.clear();
             return (p.0, layout, [x, y]);
         } else if left_side {
@@ -388,11 +392,11 @@ impl WallDataPolicy {
         } else {
             rng.random_range(layout.wall_x + WALL_HALF + 0.5..BORDER_HI - 0.5)
         };
-        let (p, _) = Self::fresh(rng, layout, x);
+        let (p, _) = Self::fresh(rng, layout, x, speed_max);
         (p, layout, [x, y])
     }
 
-    fn fresh(rng: &mut impl Rng, layout: Layout, x: f64) -> (Self, ()) {
+    fn fresh(rng: &mut impl Rng, layout: Layout, x: f64, speed_max: Option<f64>) -> (Self, ()) {
         let u: f64 = rng.random();
         let (directed, push) = (u < 0.45, (0.45..0.75).contains(&u));
         let mut me = WallDataPolicy {
@@ -401,6 +405,7 @@ impl WallDataPolicy {
             waypoints: vec![],
             speed: 1.0,
             prev: [0.0, 0.0],
+            speed_max,
         };
         if directed {
             me.plan_crossing(rng, layout, x);
@@ -422,7 +427,7 @@ impl WallDataPolicy {
         };
         let target_y = rng.random_range(BORDER_LO + 1.0..BORDER_HI - 1.0);
         self.waypoints = vec![[target_x, target_y]];
-        self.speed = rng.random_range(0.4..1.6);
+        self.speed = rng.random_range(0.4..self.speed_max.unwrap_or(1.6));
     }
 
     fn plan_crossing(&mut self, rng: &mut impl Rng, layout: Layout, x: f64) {
@@ -441,7 +446,7 @@ impl WallDataPolicy {
             [layout.wall_x + s * (WALL_HALF + 3.0), door_y],
             [layout.wall_x - s * (WALL_HALF + 3.0), door_y],
         ];
-        self.speed = rng.random_range(0.3..1.4);
+        self.speed = rng.random_range(0.3..self.speed_max.unwrap_or(1.4));
     }
 
     /// A step of the policy's speed toward the current waypoint, with Gaussian noise.

@@ -29,10 +29,15 @@ impl Mppi {
         if opt_steps == 0 {
             return Err(QwmError::Usage("--opt-steps must be at least 1".into()));
         }
-        if !(noise.is_finite() && noise > 0.0 && temperature.is_finite() && temperature > 0.0) {
-            return Err(QwmError::Usage(
-                "MPPI noise and temperature must be positive".into(),
-            ));
+        if !(noise.is_finite() && noise > 0.0) {
+            return Err(QwmError::Usage(format!(
+                "--var-scale {noise}: MPPI noise must be positive"
+            )));
+        }
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(QwmError::Usage(format!(
+                "--temperature {temperature} must be positive"
+            )));
         }
         Ok(Mppi {
             samples,

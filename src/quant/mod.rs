@@ -391,6 +391,12 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
                 .into(),
         ));
     }
+    if !(cfg.smooth_alpha.is_finite() && (0.0..=1.0).contains(&cfg.smooth_alpha)) {
+        return Err(QwmError::Usage(format!(
+            "--smooth-alpha {} must be in 0..=1 (SmoothQuant's migration strength)",
+            cfg.smooth_alpha
+        )));
+    }
     let bundle = Bundle::open(&cfg.model)?;
     let already = ["encoder", "predictor"].iter().any(|m| {
         bundle
