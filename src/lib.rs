@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod budget;
 pub mod bundle;
 pub mod env;
 pub mod episode;

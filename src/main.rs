@@ -526,7 +526,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             args.temperature,
         )?),
     };
-    let cfg = MpcConfig {
+    let mut cfg = MpcConfig {
         horizon: args.horizon,
         n_taken: args.n_taken,
         max_iter: args.max_iter,
@@ -573,10 +573,28 @@ fn plan(args: PlanArgs) -> Result<()> {
         args.model.display(), backend_name, threads, args.planner, args.samples, args.topk, args.opt_steps, args.horizon, args.n_taken, args.max_iter, args.episodes
     );
     if let Some(l) = mem_limit {
+        // Predict the peak of one CEM chunk and fit the chunk to the limit (results do not depend
+        // on the chunk; only speed and memory do).
+        let cost = qwm::budget::measure(&mut wm, threads)?;
+        let (fit, predicted) =
+            qwm::budget::choose_chunk(&cost, &wm, l as usize, args.samples, args.horizon)?;
+        if let Some(c) = args.chunk {
+            if c > fit {
+                bail!(
+                    "--chunk {c} does not fit --mem-limit {}: at most {fit} candidates per predictor call fit ({:.0} bytes per candidate); lower --chunk or raise the limit",
+                    qwm::profile::fmt_bytes(l),
+                    cost.per_candidate
+                );
+            }
+        } else {
+            cfg.chunk = fit;
+        }
         println!(
-            "  memory limit {} (heap after load {})",
+            "  memory limit {} (heap after load {}): {} candidates per predictor call, predicted heap peak {}",
             qwm::profile::fmt_bytes(l),
-            qwm::profile::fmt_bytes(qwm::mem::current_bytes() as u64)
+            qwm::profile::fmt_bytes(qwm::mem::current_bytes() as u64),
+            cfg.chunk,
+            qwm::profile::fmt_bytes(predicted as u64)
         );
     }
     if let Some(dir) = &args.save_frames {

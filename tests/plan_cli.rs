@@ -287,3 +287,94 @@ fn target_profiles_apply_threads_and_memory_budget() {
         "{stdout}"
     );
 }
+
+/// Parse "NUMBER UNIT" (KiB/MiB/GiB) following `key` in qwm's output.
+fn bytes_after(text: &str, key: &str) -> f64 {
+    let rest = &text[text
+        .find(key)
+        .unwrap_or_else(|| panic!("no '{key}' in {text}"))
+        + key.len()..];
+    let mut it = rest.split_whitespace();
+    let v: f64 = it.next().unwrap().parse().unwrap();
+    let unit = it.next().unwrap();
+    v * match unit.trim_end_matches([',', ')']) {
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        u => panic!("unit {u}"),
+    }
+}
+
+/// Under --mem-limit the predicted heap peak is within 25% of the measured one; a tight limit
+/// picks a smaller CEM chunk and plans exactly as one batch; an impossible one is refused at
+/// once with the numbers.
+#[test]
+fn memory_limit_predicts_the_peak_and_chunks_cem() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        "plan",
+        "--episodes",
+        "1",
+        "--samples",
+        "120",
+        "--topk",
+        "12",
+        "--opt-steps",
+        "2",
+        "--max-iter",
+        "1",
+        "--threads",
+        "1",
+    ];
+    let mut outs = vec![];
+    for (k, limit) in ["1G", "20M"].iter().enumerate() {
+        let json = dir.path().join(format!("{k}.json"));
+        let mut a: Vec<&str> = base.to_vec();
+        let j = json.to_str().unwrap().to_string();
+        a.extend(["--mem-limit", limit, "--json", &j]);
+        let (ok, stdout, stderr) = qwm(&a);
+        assert!(ok, "{stderr}");
+        let predicted = bytes_after(&stdout, "predicted heap peak");
+        let measured = bytes_after(&stdout, "heap peak  ");
+        if k == 0 {
+            // One batch: the prediction is within 25% of the measured peak.
+            let err = (predicted - measured).abs() / measured;
+            assert!(
+                err <= 0.25,
+                "--mem-limit {limit}: predicted {predicted} vs measured {measured}"
+            );
+        } else {
+            // Chunked: the extra per-size plans are budgeted conservatively; never under.
+            assert!(
+                predicted >= measured,
+                "predicted {predicted} < measured {measured}"
+            );
+        }
+        let chunk: usize = stdout
+            .split("): ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        if k == 0 {
+            assert_eq!(chunk, 120, "{stdout}");
+        } else {
+            assert!(chunk < 120, "{stdout}");
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        outs.push(outcome(&v));
+    }
+    assert_eq!(
+        outs[0], outs[1],
+        "chunked CEM must plan exactly as one batch"
+    );
+    let t0 = std::time::Instant::now();
+    let (ok, _, stderr) = qwm(&["plan", "--episodes", "1", "--mem-limit", "12M"]);
+    assert!(
+        !ok && stderr.contains("--mem-limit") && stderr.contains("even one candidate"),
+        "{stderr}"
+    );
+    assert!(t0.elapsed().as_secs_f64() < 10.0);
+}
