@@ -47,21 +47,29 @@ fn over_limit(size: usize) -> ! {
     unsafe { libc::_exit(EXIT_MEMORY_LIMIT) }
 }
 
+/// Count `size` more bytes, or stop the process if that crosses the limit.
+fn reserve(size: usize) {
+    let cur = CURRENT.fetch_add(size, Ordering::Relaxed) + size;
+    let limit = LIMIT.load(Ordering::Relaxed);
+    if limit != 0 && cur > limit {
+        CURRENT.fetch_sub(size, Ordering::Relaxed);
+        over_limit(size);
+    }
+    PEAK.fetch_max(cur, Ordering::Relaxed);
+}
+
+/// Give back a reservation whose allocation failed (null), and pass the pointer on.
+fn settle(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        CURRENT.fetch_sub(size, Ordering::Relaxed);
+    }
+    p
+}
+
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let size = layout.size();
-        let cur = CURRENT.fetch_add(size, Ordering::Relaxed) + size;
-        let limit = LIMIT.load(Ordering::Relaxed);
-        if limit != 0 && cur > limit {
-            CURRENT.fetch_sub(size, Ordering::Relaxed);
-            over_limit(size);
-        }
-        PEAK.fetch_max(cur, Ordering::Relaxed);
-        let p = System.alloc(layout);
-        if p.is_null() {
-            CURRENT.fetch_sub(size, Ordering::Relaxed);
-        }
-        p
+        reserve(layout.size());
+        settle(System.alloc(layout), layout.size())
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -70,37 +78,15 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let size = layout.size();
-        let cur = CURRENT.fetch_add(size, Ordering::Relaxed) + size;
-        let limit = LIMIT.load(Ordering::Relaxed);
-        if limit != 0 && cur > limit {
-            CURRENT.fetch_sub(size, Ordering::Relaxed);
-            over_limit(size);
-        }
-        PEAK.fetch_max(cur, Ordering::Relaxed);
-        let p = System.alloc_zeroed(layout);
-        if p.is_null() {
-            CURRENT.fetch_sub(size, Ordering::Relaxed);
-        }
-        p
+        reserve(layout.size());
+        settle(System.alloc_zeroed(layout), layout.size())
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old = layout.size();
         if new_size > old {
-            let grow = new_size - old;
-            let cur = CURRENT.fetch_add(grow, Ordering::Relaxed) + grow;
-            let limit = LIMIT.load(Ordering::Relaxed);
-            if limit != 0 && cur > limit {
-                CURRENT.fetch_sub(grow, Ordering::Relaxed);
-                over_limit(grow);
-            }
-            PEAK.fetch_max(cur, Ordering::Relaxed);
-            let p = System.realloc(ptr, layout, new_size);
-            if p.is_null() {
-                CURRENT.fetch_sub(grow, Ordering::Relaxed);
-            }
-            p
+            reserve(new_size - old);
+            settle(System.realloc(ptr, layout, new_size), new_size - old)
         } else {
             let p = System.realloc(ptr, layout, new_size);
             if !p.is_null() {
