@@ -22,16 +22,21 @@ T
 python3 scripts/results_table.py results
 cat <<'T'
 
-What the table says so far:
+What the table says (all runs complete, 50 episodes each):
 - Float plans perfectly on both backends (the same 50 episodes).
 - W8A8 (static per-tensor activations) keeps the success: 50/50, final distance 2.30 px.
-- Per-channel W4 and W3 break planning. Group-wise W4 (group 32) keeps most of it.
+- Group-wise W4 (group 32) keeps most of it: 36/50. Per-channel W4 halves it: 24/50. W3 breaks
+  planning: 4/50.
 - These match the study: 8-bit is close to float; 4-bit needs groups; 3-bit breaks planning.
-- At low bits the planner's objective stops meaning success (numbers from the partial runs):
-  - W4 failures end 8-14 px from the goal with final objectives 0.029-0.047, overlapping its
-    successes (0.025-0.036).
-  - W3 failures: 0.098-0.136 against a success at 0.090.
-  - In float every episode succeeds, with objectives 0.007-0.027.
+- At low bits the planner's objective stops meaning success (final planner objective, successes vs
+  failures):
+  - float 0.007-0.027 (no failures); W8A8 0.007-0.018 (no failures);
+  - W4-g32: successes 0.017-0.051, failures 0.020-0.036 (ending 5-11.5 px away);
+  - W4: successes 0.025-0.047, failures 0.026-0.047 (5-16 px away): the ranges coincide;
+  - W3: successes 0.090-0.136, failures 0.081-0.347.
+
+The grid study of issue 9 (encoder vs predictor, activation granularity, methods, planner budgets)
+is in `docs/study/`.
 
 The full quantization matrix (`scripts/quant_matrix.sh`) is in `quant_matrix.csv`: RTN and OMSE x
 {W8, W6, W4, W3} x {per-channel, group 32}, W8A8 / W6A6 / W4A8 per-tensor and per-token, SmoothQuant

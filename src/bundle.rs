@@ -261,7 +261,8 @@ impl Manifest {
     }
 }
 
-/// A graph file mapped into memory, with its spec.
+/// A graph file mapped into memory, with its spec (cloning shares the mapping).
+#[derive(Clone)]
 pub struct MappedGraph {
     /// Path on disk.
     pub path: PathBuf,

@@ -4,7 +4,7 @@
 //! Modules, one job each: [`bundle`] (what a model is on disk), [`backend`] (engines behind one
 //! trait), [`model`] (the world model on a backend), [`plan`] (CEM, MPPI), [`episode`] (the MPC
 //! loop), [`env`] (simulated environments and datasets), [`report`] (results), [`profile`]
-//! (memory and timing readings).
+//! (memory and timing readings), [`study`] (quantization sweeps and their report).
 
 pub mod backend;
 pub mod bench;
@@ -19,6 +19,7 @@ pub mod plan;
 pub mod profile;
 pub mod quant;
 pub mod report;
+pub mod study;
 pub mod target;
 
 pub use error::{QwmError, Result};

@@ -94,6 +94,25 @@ enum Cmd {
     /// Time one graph call (encoder or predictor) at a batch size on a backend; optionally
     /// against onnxruntime's Python API on the same graph, inputs and threads.
     Bench(BenchArgs),
+    /// Sweep quantization settings x planner budgets over episodes (resumable, shardable) and
+    /// write a report with plots.
+    Study(StudyArgs),
+    /// Merge study results (files or study folders) into a markdown table and plots.
+    Report {
+        /// Results: `results*.jsonl` files, or study folders holding them.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// Output folder for report.md and the plots.
+        #[arg(long)]
+        out: PathBuf,
+        /// TrueType font for plot labels (default: DejaVu Sans or Liberation Sans from the system).
+        #[arg(long)]
+        font: Option<PathBuf>,
+    },
+    /// Choose per-layer weight bits that fit a weight-memory budget with the least distortion of
+    /// the planning objective, write that bundle, and check it by planning against the best
+    /// uniform scheme of at most the same size.
+    Fit(FitArgs),
     /// Show a bundle's manifest summary (and verify its files).
     Inspect {
         /// Bundle folder.
@@ -150,6 +169,86 @@ struct BenchArgs {
     /// Write the result as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct FitArgs {
+    /// Float bundle.
+    #[arg(long, default_value = "models/wall")]
+    model: PathBuf,
+    /// Budget for the weights at their bit width (quantized Linear weights as integer codes plus
+    /// scales, all other parameters f32), e.g. 600K or 1M: what a deploy form keeps resident.
+    #[arg(long)]
+    mem_limit: String,
+    /// Output bundle folder; the best uniform scheme that fits goes to OUT-uniform-SCHEME.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight-only schemes a layer may take (float is always allowed), comma-separated.
+    #[arg(
+        long,
+        default_value = "w8,w6,w4-g32,w4,w3-g32,w3",
+        value_delimiter = ','
+    )]
+    options: Vec<String>,
+    /// Probe situations (calibration task seeds 99 n + 2).
+    #[arg(long, default_value_t = 8)]
+    tasks: usize,
+    /// Random candidate action sequences per situation.
+    #[arg(long, default_value_t = 64)]
+    candidates: usize,
+    /// Seed of the candidates (and of the check episodes' planner).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Episodes planned with the fitted bundle and with the uniform one (0: skip the check).
+    #[arg(long, default_value_t = 20)]
+    episodes: usize,
+    /// Execution engine: tract or ort.
+    #[arg(long, default_value = "tract")]
+    backend: String,
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Path of libonnxruntime for --backend ort.
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct StudyArgs {
+    /// Study configuration (TOML): model, episodes, backend, planner and [[grid]] tables.
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder (default: the config's `out`, else study/<config name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Cells run at once, each its own process.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Threads per cell (default: the config's, else available cores / jobs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Episodes per cell, overriding the config (e.g. a quick smoke run).
+    #[arg(long)]
+    episodes: Option<usize>,
+    /// Execution engine for every cell, overriding the config: tract or ort.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Run only slice K of N (K 0-based) of the id-sorted cells, into
+    /// results.shard-K-of-N.jsonl: one array task per shard on a cluster, then `qwm report`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Path of libonnxruntime for an ort study.
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// List the cells (id, bundle, episodes) and exit.
+    #[arg(long)]
+    list: bool,
+    /// Do not write the report when the study is complete.
+    #[arg(long)]
+    no_report: bool,
+    /// TrueType font for the report's plots.
+    #[arg(long)]
+    font: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, serde::Serialize)]
@@ -295,6 +394,7 @@ fn run(cli: Cli) -> Result<()> {
                             .unwrap_or(1)
                     })
                     .max(1),
+                layer_schemes: Default::default(),
             };
             let t0 = Instant::now();
             let backend = make_backend("tract")?;
@@ -308,6 +408,34 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => bench(args),
+        Cmd::Study(args) => study(args),
+        Cmd::Fit(args) => fit(args),
+        Cmd::Report { results, out, font } => {
+            let mut files = Vec::new();
+            for r in &results {
+                if r.is_dir() {
+                    let f = qwm::study::results_files(r)?;
+                    if f.is_empty() {
+                        bail!("{}: no results*.jsonl in this folder", r.display());
+                    }
+                    files.extend(f);
+                } else if r.exists() {
+                    files.push(r.clone());
+                } else {
+                    bail!("{}: no such results file or study folder", r.display());
+                }
+            }
+            let cells = qwm::study::read_results(&files)?;
+            let written = qwm::study::report::write_report(&cells, &out, font.as_deref())?;
+            println!(
+                "qwm report: {} cells from {} file(s) -> {} ({} files)",
+                cells.len(),
+                files.len(),
+                out.join("report.md").display(),
+                written.len()
+            );
+            Ok(())
+        }
         Cmd::Inspect { model } => {
             let b = Bundle::open(&model)?;
             let m = &b.manifest;
@@ -700,6 +828,309 @@ fn plan(args: PlanArgs) -> Result<()> {
         qwm::report::summary_text(&summary, load_time_s, load_peak)
     );
     write_report(&results, true)?;
+    Ok(())
+}
+
+fn fit(args: FitArgs) -> Result<()> {
+    use qwm::quant::fit;
+    let budget = qwm::mem::parse_size(&args.mem_limit, "--mem-limit")?;
+    let options = args
+        .options
+        .iter()
+        .map(|o| qwm::quant::scheme::Scheme::parse(o, "--options"))
+        .collect::<qwm::Result<Vec<_>>>()?;
+    if options.is_empty() {
+        bail!("--options: give at least one scheme");
+    }
+    let threads = default_threads(args.threads)?;
+    let backend = make_backend_with(&args.backend, args.ort_lib.as_deref())?;
+    let cfg = fit::FitConfig {
+        options,
+        tasks: args.tasks,
+        candidates: args.candidates,
+        horizon: 5,
+        seed: args.seed,
+        threads,
+    };
+    let t0 = Instant::now();
+    let bundle = Bundle::open(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let mut fitter = fit::Fitter::new(bundle, backend.as_ref(), &cfg)?;
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "sensitivity {bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("template"),
+    );
+    let analysis = fitter.analyze(backend.as_ref(), &|done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    })?;
+    pb.finish_and_clear();
+    let alloc = fit::allocate(&analysis, budget)?;
+    let measured = fitter.measure_allocation(backend.as_ref(), &analysis, &alloc)?;
+    println!(
+        "qwm fit: {} under {} of weights ({} layers, {} probe situations x {} candidates, {:.1} s)",
+        args.model.display(),
+        qwm::profile::fmt_bytes(budget),
+        analysis.layers.len(),
+        args.tasks,
+        args.candidates,
+        t0.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {:<11} {:<34} {:>9}  distortion per option ({})",
+        "module",
+        "layer",
+        "choice",
+        analysis.options.join(" / ")
+    );
+    for (l, &c) in analysis.layers.iter().zip(&alloc.choice) {
+        println!(
+            "  {:<11} {:<34} {:>9}  {}",
+            l.module,
+            l.node,
+            analysis.options[c],
+            l.distortion
+                .iter()
+                .map(|d| format!("{d:.1e}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    println!(
+        "  {:<16} {:>10} {:>12} {:>10}",
+        "model", "weights", "distortion", "rank corr"
+    );
+    for m in analysis.uniform.iter().chain(std::iter::once(&measured)) {
+        println!(
+            "  {:<16} {:>10} {:>12.3e} {:>10.4}{}",
+            m.name,
+            qwm::profile::fmt_bytes(m.bytes),
+            m.distortion,
+            m.rank_correlation,
+            if m.bytes > budget {
+                "  (over budget)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "  fit: predicted distortion {:.3e} (sum of layers), measured {:.3e}",
+        alloc.predicted_distortion, measured.distortion
+    );
+    let uniform = analysis
+        .uniform
+        .iter()
+        .zip(&cfg.options)
+        .filter(|(m, _)| m.bytes <= budget)
+        .max_by_key(|(m, _)| m.bytes);
+    // Write the fitted bundle.
+    let layer_schemes: std::collections::BTreeMap<String, qwm::quant::scheme::Scheme> =
+        fit::allocation_schemes(&analysis, &alloc)?
+            .into_iter()
+            .collect();
+    if layer_schemes.values().all(|s| s.is_float()) {
+        bail!(
+            "the float model's weights fit --mem-limit {}: nothing to quantize",
+            args.mem_limit
+        );
+    }
+    let qcfg = |out: &Path, enc, pred, layers| qwm::quant::QuantizeConfig {
+        model: args.model.clone(),
+        out: out.to_path_buf(),
+        method: qwm::quant::Method::Rtn,
+        encoder: enc,
+        predictor: pred,
+        calib_episodes: 1,
+        calib_iters: 1,
+        calib_samples: 16,
+        smooth_alpha: 0.5,
+        threads,
+        layer_schemes: layers,
+    };
+    let float = qwm::quant::scheme::Scheme::FLOAT;
+    let tract = make_backend("tract")?;
+    qwm::quant::quantize_bundle(
+        &qcfg(&args.out, float, float, layer_schemes),
+        tract.as_ref(),
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    let report = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "budget_bytes": budget,
+        "analysis": analysis,
+        "allocation": alloc,
+        "measured": measured,
+        "probe": {"tasks": args.tasks, "candidates": args.candidates, "horizon": 5, "seed": args.seed},
+    });
+    let fit_json = args.out.join("fit.json");
+    std::fs::write(&fit_json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", fit_json.display()))?;
+    println!("wrote {} (and {})", args.out.display(), fit_json.display());
+    let Some((u, scheme)) = uniform else {
+        println!(
+            "no uniform scheme among --options fits {}: nothing to compare with",
+            args.mem_limit
+        );
+        return Ok(());
+    };
+    let mut uname = args.out.as_os_str().to_os_string();
+    uname.push(format!("-uniform-{scheme}"));
+    let uniform_dir = PathBuf::from(uname);
+    qwm::quant::quantize_bundle(
+        &qcfg(&uniform_dir, *scheme, *scheme, Default::default()),
+        tract.as_ref(),
+    )
+    .with_context(|| format!("writing {}", uniform_dir.display()))?;
+    println!(
+        "wrote {} ({}, the largest uniform scheme within the budget: {})",
+        uniform_dir.display(),
+        u.name,
+        qwm::profile::fmt_bytes(u.bytes)
+    );
+    if args.episodes == 0 {
+        return Ok(());
+    }
+    let mut rates = Vec::new();
+    for (name, dir) in [("fit", &args.out), ("uniform", &uniform_dir)] {
+        let json = dir.join("plan.json");
+        plan(PlanArgs {
+            model: dir.clone(),
+            env: None,
+            episodes: args.episodes,
+            seed: args.seed,
+            planner: PlannerKind::Cem,
+            samples: 300,
+            topk: 30,
+            opt_steps: 10,
+            horizon: 5,
+            n_taken: 5,
+            max_iter: 10,
+            var_scale: 1.0,
+            temperature: 0.1,
+            chunk: None,
+            threads: Some(threads),
+            backend: Some(args.backend.clone()),
+            target: None,
+            mem_limit: None,
+            ort_lib: args.ort_lib.clone(),
+            json: Some(json.clone()),
+            resume: true,
+            save_frames: None,
+        })
+        .with_context(|| format!("planning with the {name} bundle"))?;
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+        rates.push((
+            name,
+            v["summary"]["success_rate"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    println!(
+        "fit check over {} episodes: fit success {:.2} ({}), uniform {} success {:.2} ({})",
+        args.episodes,
+        rates[0].1,
+        qwm::profile::fmt_bytes(alloc.bytes),
+        scheme,
+        rates[1].1,
+        qwm::profile::fmt_bytes(u.bytes)
+    );
+    Ok(())
+}
+
+fn study(args: StudyArgs) -> Result<()> {
+    let mut config = qwm::study::StudyConfig::load(&args.config)?;
+    if let Some(e) = args.episodes {
+        if e == 0 {
+            bail!("--episodes must be at least 1");
+        }
+        config.episodes = e;
+        for g in &mut config.grid {
+            g.episodes = Some(e);
+        }
+    }
+    if let Some(b) = &args.backend {
+        config.backend = b.clone();
+        config.validate().context("--backend")?;
+    }
+    let shard = args
+        .shard
+        .as_deref()
+        .map(qwm::study::Shard::parse)
+        .transpose()?;
+    let cells = config.cells();
+    if args.list {
+        let cells = match shard {
+            Some(s) => s.select(&cells),
+            None => cells,
+        };
+        for c in &cells {
+            println!(
+                "{:<44} bundle {:<28} {} episodes",
+                c.id,
+                c.bundle_name().unwrap_or_else(|| "(float model)".into()),
+                c.episodes
+            );
+        }
+        println!("{} cells", cells.len());
+        return Ok(());
+    }
+    if args.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = default_threads(
+        args.threads
+            .or(config.threads)
+            .or(Some((cores / args.jobs).max(1))),
+    )?;
+    let out = match (&args.out, &config.out) {
+        (Some(o), _) => o.clone(),
+        (None, Some(o)) => o.clone(),
+        (None, None) => PathBuf::from("study").join(
+            args.config
+                .file_stem()
+                .map(|s| s.to_os_string())
+                .unwrap_or_else(|| "study".into()),
+        ),
+    };
+    let opts = qwm::study::run::StudyOptions {
+        config,
+        out: out.clone(),
+        jobs: args.jobs,
+        threads,
+        shard,
+        qwm: std::env::current_exe().context("locating the qwm executable for cell processes")?,
+        ort_lib: args.ort_lib.clone(),
+    };
+    let outcome = qwm::study::run::run_study(&opts)?;
+    println!(
+        "qwm study: {} of {} cells finished now, {} earlier, {} failed; results in {}",
+        outcome.finished.len(),
+        outcome.cells,
+        outcome.already_done,
+        outcome.failed.len(),
+        outcome.results_file.display()
+    );
+    if !outcome.failed.is_empty() {
+        for (id, log) in &outcome.failed {
+            eprintln!("  failed: {id} (log {})", log.display());
+        }
+        bail!(
+            "{} cells failed; rerun the same command to retry them",
+            outcome.failed.len()
+        );
+    }
+    if shard.is_none() && !args.no_report {
+        let results = qwm::study::read_results(&qwm::study::results_files(&out)?)?;
+        let dir = out.join("report");
+        qwm::study::report::write_report(&results, &dir, args.font.as_deref())?;
+        println!("report: {}", dir.join("report.md").display());
+    }
     Ok(())
 }
 

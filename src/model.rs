@@ -131,6 +131,30 @@ impl WorldModel {
         })
     }
 
+    /// Replace the encoder (`module` 0) or the predictor (1) with another graph of the same
+    /// interface, such as a rewritten copy of `like` held only in memory.
+    pub fn replace_graph(
+        &mut self,
+        module: usize,
+        like: &MappedGraph,
+        bytes: &[u8],
+        backend: &dyn Backend,
+        opts: &LoadOptions,
+    ) -> Result<()> {
+        let graph = map_in_memory(&like.path, bytes, like.spec.clone())?;
+        let session = backend.load(&graph, opts)?;
+        match module {
+            0 => self.encoder = session,
+            1 => self.predictor = session,
+            _ => {
+                return Err(QwmError::Usage(format!(
+                    "replace_graph: module {module} (0 encoder, 1 predictor)"
+                )))
+            }
+        }
+        Ok(())
+    }
+
     fn absorb_taps(&mut self, module: usize, out: &mut Vec<crate::backend::Tensor>) {
         if out.len() <= 2 {
             return;

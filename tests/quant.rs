@@ -132,6 +132,7 @@ fn cfg(
         calib_samples: 16,
         smooth_alpha: 0.5,
         threads: 1,
+        layer_schemes: Default::default(),
     }
 }
 

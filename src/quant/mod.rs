@@ -6,6 +6,7 @@
 //! proprio encoders stay float, as in the study.
 
 pub mod calib;
+pub mod fit;
 pub mod onnx;
 pub mod scheme;
 pub mod weights;
@@ -62,6 +63,28 @@ pub struct QuantizeConfig {
     pub smooth_alpha: f32,
     /// Threads.
     pub threads: usize,
+    /// Per-layer schemes overriding the module's, keyed `module:node` (e.g.
+    /// `predictor:/blocks.0/fc1/MatMul`); `float` leaves a layer unquantized. Used by `qwm fit`.
+    pub layer_schemes: std::collections::BTreeMap<String, Scheme>,
+}
+
+impl QuantizeConfig {
+    /// The scheme of one Linear layer: its override, else the module's.
+    pub fn layer_scheme(&self, module: &str, node: &str, module_scheme: Scheme) -> Scheme {
+        self.layer_schemes
+            .get(&format!("{module}:{node}"))
+            .copied()
+            .unwrap_or(module_scheme)
+    }
+
+    /// Whether a module has any quantized layer (its scheme, or an override).
+    fn quantizes(&self, module: &str, scheme: Scheme) -> bool {
+        !scheme.is_float()
+            || self
+                .layer_schemes
+                .iter()
+                .any(|(k, s)| k.starts_with(&format!("{module}:")) && !s.is_float())
+    }
 }
 
 /// Per-layer record written into the manifest.
@@ -241,8 +264,16 @@ fn quantize_module(
 ) -> Result<ModuleRecord> {
     let layers = onnx::find_linears(proto);
     let mut records = vec![];
-    let wbits = scheme.weight_bits.expect("quantized scheme");
+    let module_scheme = scheme;
+    let mixed = cfg
+        .layer_schemes
+        .keys()
+        .any(|k| k.starts_with(&format!("{module}:")));
     for layer in &layers {
+        let scheme = cfg.layer_scheme(module, &layer.node, module_scheme);
+        let Some(wbits) = scheme.weight_bits else {
+            continue;
+        };
         let LinearLayer { k, n, .. } = *layer;
         let stats = calib.and_then(|c| c.tensors.get(&format!("{module}:{}", layer.input)));
         let mut w = onnx::initializer(proto, &layer.weight)?;
@@ -359,7 +390,11 @@ fn quantize_module(
         });
     }
     Ok(ModuleRecord {
-        scheme: scheme.to_string(),
+        scheme: if mixed {
+            "mixed".into()
+        } else {
+            module_scheme.to_string()
+        },
         method: cfg.method,
         form: "simulate".into(),
         layers: records,
@@ -368,7 +403,7 @@ fn quantize_module(
 
 /// Quantize a float bundle into a new bundle folder. Returns the written manifest.
 pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Manifest> {
-    if cfg.encoder.is_float() && cfg.predictor.is_float() {
+    if !cfg.quantizes("encoder", cfg.encoder) && !cfg.quantizes("predictor", cfg.predictor) {
         return Err(QwmError::Usage(
             "--encoder and --predictor are both 'float': nothing to quantize".into(),
         ));
@@ -420,13 +455,17 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
     let schemes = [cfg.encoder, cfg.predictor];
     let needs_calib = cfg.method == Method::Awq
         || cfg.method == Method::Smoothquant
-        || schemes.iter().any(|s| s.act_bits.is_some() && !s.per_token);
+        || schemes
+            .iter()
+            .chain(cfg.layer_schemes.values())
+            .any(|s| s.act_bits.is_some() && !s.per_token);
     let calib = if needs_calib {
         let taps: Vec<Vec<String>> = protos
             .iter()
             .zip(&schemes)
-            .map(|(p, s)| {
-                if s.is_float() {
+            .enumerate()
+            .map(|(i, (p, s))| {
+                if !cfg.quantizes(["encoder", "predictor"][i], *s) {
                     vec![]
                 } else {
                     let mut v: Vec<String> =
@@ -456,7 +495,7 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
         .zip(schemes)
         .enumerate()
     {
-        let rec = if scheme.is_float() {
+        let rec = if !cfg.quantizes(module, scheme) {
             serde_json::json!({"scheme": "float"})
         } else {
             serde_json::to_value(quantize_module(

@@ -102,6 +102,20 @@ pub fn read_f32(t: &TensorProto) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// Bytes of the float32 initializers of a graph (its weights as stored in f32).
+pub fn float_initializer_bytes(m: &ModelProto) -> u64 {
+    m.graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                .filter(|t| t.data_type == DataType::Float as i32)
+                .map(|t| 4 * t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// A float32 initializer.
 pub fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
     TensorProto {
