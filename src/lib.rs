@@ -20,6 +20,7 @@ pub mod profile;
 pub mod quant;
 pub mod report;
 pub mod study;
+pub mod synth;
 pub mod target;
 
 pub use error::{QwmError, Result};

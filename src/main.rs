@@ -113,6 +113,26 @@ enum Cmd {
     /// the planning objective, write that bundle, and check it by planning against the best
     /// uniform scheme of at most the same size.
     Fit(FitArgs),
+    /// Write a full-size DINO-WM-shaped bundle with random weights (ONNX built by qwm, no torch),
+    /// for profiling and benchmarks at real scale.
+    Synth {
+        /// Architecture family.
+        #[arg(long, default_value = "dinowm")]
+        arch: String,
+        /// Size preset: vits14-wall (DINOv2 ViT-S/14 at 196 px, predictor depth 6, num_hist 1) or
+        /// vits14-h3 (3 history frames).
+        #[arg(long, default_value = "vits14-wall")]
+        preset: String,
+        /// Output bundle folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Where time and memory go: load, resident weights, activation peak, per-module time over a
+    /// short planning run, and per-operator time of encoder and predictor calls (tract).
+    Profile(ProfileArgs),
     /// Show a bundle's manifest summary (and verify its files).
     Inspect {
         /// Bundle folder.
@@ -167,6 +187,56 @@ struct BenchArgs {
     #[arg(long, default_value = "models/bench_ort.py")]
     python_script: PathBuf,
     /// Write the result as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
+struct ProfileArgs {
+    /// Bundle folder.
+    #[arg(long, default_value = "models/wall")]
+    model: PathBuf,
+    /// CEM candidates per optimization step (and per predictor call unless chunked).
+    #[arg(long, default_value_t = 300)]
+    samples: usize,
+    /// CEM elites.
+    #[arg(long, default_value_t = 30)]
+    topk: usize,
+    /// Optimization steps per plan.
+    #[arg(long, default_value_t = 10)]
+    opt_steps: usize,
+    /// Planning horizon.
+    #[arg(long, default_value_t = 5)]
+    horizon: usize,
+    /// MPC steps of the timed planning run (one episode).
+    #[arg(long, default_value_t = 1)]
+    max_iter: usize,
+    /// Candidates per predictor call (default: all samples, or what --mem-limit allows).
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// Worker threads (default: the target's, else available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Execution engine: tract or ort.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Board profile (targets/NAME.toml or a path): threads, memory budget, backend.
+    #[arg(long)]
+    target: Option<String>,
+    /// Most heap memory qwm may use, e.g. 512M.
+    #[arg(long, allow_hyphen_values = true)]
+    mem_limit: Option<String>,
+    /// Path of libonnxruntime for --backend ort.
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// Timed calls per graph in the per-operator profile (0: skip it).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Slowest nodes to list per graph.
+    #[arg(long, default_value_t = 8)]
+    top: usize,
+    /// Write the profile as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -410,6 +480,34 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(args) => bench(args),
         Cmd::Study(args) => study(args),
         Cmd::Fit(args) => fit(args),
+        Cmd::Profile(args) => profile(args),
+        Cmd::Synth {
+            arch,
+            preset,
+            out,
+            seed,
+        } => {
+            if arch != "dinowm" {
+                bail!("--arch '{arch}': the only architecture is dinowm");
+            }
+            let a = qwm::synth::Arch::preset(&preset)?;
+            let t0 = Instant::now();
+            let like = qwm::bundle::read_manifest(Path::new("models/wall")).ok();
+            let m = qwm::synth::write_bundle(&a, &out, seed, like.as_ref())?;
+            println!(
+                "wrote {} ({}: {} px, {} tokens x {}, num_hist {}; encoder {}, predictor {}) in {:.1} s",
+                out.display(),
+                preset,
+                m.image_size,
+                m.num_patches,
+                m.visual_dim,
+                m.num_hist,
+                qwm::profile::fmt_bytes(m.graphs.encoder.bytes),
+                qwm::profile::fmt_bytes(m.graphs.predictor.bytes),
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Cmd::Report { results, out, font } => {
             let mut files = Vec::new();
             for r in &results {
@@ -828,6 +926,152 @@ fn plan(args: PlanArgs) -> Result<()> {
         qwm::report::summary_text(&summary, load_time_s, load_peak)
     );
     write_report(&results, true)?;
+    Ok(())
+}
+
+fn profile(args: ProfileArgs) -> Result<()> {
+    use qwm::profile::fmt_bytes;
+    let (threads, backend_name, mem_limit) = resolve_run_settings(
+        args.threads,
+        args.backend.as_deref(),
+        args.target.as_deref(),
+        args.mem_limit.as_deref(),
+    )?;
+    let planner = Cem::new(args.samples, args.topk, args.opt_steps, 1.0)?;
+    let mut cfg = MpcConfig {
+        horizon: args.horizon,
+        n_taken: args.horizon.min(5),
+        max_iter: args.max_iter,
+        chunk: args.chunk.unwrap_or(args.samples),
+    };
+    cfg.validate()?;
+    let backend = make_backend_with(&backend_name, args.ort_lib.as_deref())?;
+    let heap0 = qwm::mem::current_bytes() as u64;
+    let t0 = Instant::now();
+    let bundle = Bundle::open(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &LoadOptions { threads })?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let heap_loaded = qwm::mem::current_bytes() as u64;
+    let rss_loaded = qwm::profile::rss_bytes();
+    let file_bytes = bundle.file_bytes();
+    if let Some(l) = mem_limit {
+        let cost = qwm::budget::measure(&mut wm, threads)?;
+        let (fit, _) =
+            qwm::budget::choose_chunk(&cost, &wm, l as usize, args.samples, args.horizon)?;
+        cfg.chunk = args.chunk.unwrap_or(fit).min(fit);
+    }
+    let mut env = qwm::env::make_env(&bundle.manifest.env)?;
+    qwm::mem::reset_peak();
+    let heap_before = qwm::mem::current_bytes() as u64;
+    let r = run_episode(&mut wm, env.as_mut(), &planner, &cfg, 0, 1, 0, None)
+        .context("the timed planning episode")?;
+    let heap_peak = qwm::mem::peak_bytes() as u64;
+    let steps = r.timings.len().max(1) as f64;
+    let sum =
+        |f: &dyn Fn(&qwm::episode::StepTiming) -> f64| r.timings.iter().map(f).sum::<f64>() / steps;
+    let (enc, plan_s, pred, env_s) = (
+        sum(&|t| t.encode_s),
+        sum(&|t| t.plan_s),
+        sum(&|t| t.predict_s),
+        sum(&|t| t.env_s),
+    );
+    let step = enc + plan_s + env_s;
+    println!(
+        "qwm profile: {} on {} ({threads} threads), CEM {} samples x {} opt steps, horizon {}, {} candidates per predictor call, {} MPC step(s)",
+        args.model.display(),
+        backend_name,
+        args.samples,
+        args.opt_steps,
+        args.horizon,
+        cfg.chunk,
+        r.timings.len()
+    );
+    println!(
+        "load                 {load_s:.3} s ({} of ONNX files)",
+        fmt_bytes(file_bytes)
+    );
+    println!(
+        "memory               weights resident {} (heap after load); activation + planner peak {} (heap peak {}); RSS after load {}, peak RSS {}{}",
+        fmt_bytes(heap_loaded.saturating_sub(heap0)),
+        fmt_bytes(heap_peak.saturating_sub(heap_before)),
+        fmt_bytes(heap_peak),
+        fmt_bytes(rss_loaded),
+        fmt_bytes(qwm::profile::peak_rss_bytes()),
+        mem_limit
+            .map(|l| format!("; limit {}", fmt_bytes(l)))
+            .unwrap_or_default()
+    );
+    println!("per MPC step         {:.3} s", step);
+    let module_rows = [
+        ("render + encode observation", enc),
+        ("predictor", pred),
+        ("planner (CEM, rollout assembly)", plan_s - pred),
+        ("env steps (executing actions)", env_s),
+    ];
+    for (name, t) in module_rows {
+        println!(
+            "  {name:<32} {:>10.2} ms {:>6.1}%",
+            t * 1e3,
+            100.0 * t / step.max(1e-12)
+        );
+    }
+    let mut ops = vec![];
+    if args.reps > 0 {
+        if backend_name == "tract" {
+            let part = cfg.chunk.div_ceil(threads);
+            for (graph, batch) in [(&bundle.encoder, 1), (&bundle.predictor, part)] {
+                let p = qwm::backend::tract::op_profile(graph, batch, args.reps, args.top)?;
+                println!(
+                    "operators of {} at batch {} (one thread's share of a call): {:.2} ms per call",
+                    p.graph, p.batch, p.total_ms
+                );
+                for o in &p.by_op {
+                    if o.share >= 0.005 {
+                        println!(
+                            "  {:<32} {:>10.2} ms {:>6.1}%  ({} nodes)",
+                            o.name,
+                            o.ms,
+                            100.0 * o.share,
+                            o.nodes
+                        );
+                    }
+                }
+                println!("  slowest nodes:");
+                for o in &p.top_nodes {
+                    println!(
+                        "    {:<60} {:>8.2} ms {:>6.1}%",
+                        o.name,
+                        o.ms,
+                        100.0 * o.share
+                    );
+                }
+                ops.push(p);
+            }
+        } else {
+            println!("operators: per-operator times come from tract's plan; rerun with --backend tract (the same graphs)");
+        }
+    }
+    if let Some(path) = &args.json {
+        let v = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "backend": backend_name,
+            "threads": threads,
+            "chunk": cfg.chunk,
+            "load_s": load_s,
+            "file_bytes": file_bytes,
+            "weights_resident_bytes": heap_loaded.saturating_sub(heap0),
+            "activation_peak_bytes": heap_peak.saturating_sub(heap_before),
+            "heap_peak_bytes": heap_peak,
+            "rss_after_load_bytes": rss_loaded,
+            "peak_rss_bytes": qwm::profile::peak_rss_bytes(),
+            "mem_limit_bytes": mem_limit,
+            "per_mpc_step_s": {"encoder": enc, "predictor": pred, "planner": plan_s - pred, "env": env_s, "total": step},
+            "operators": ops,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -157,7 +157,7 @@ fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
     }
 }
 
-fn attr_i(name: &str, v: i64) -> AttributeProto {
+pub(crate) fn attr_i(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: pb::attribute_proto::AttributeType::Int as i32,
@@ -166,7 +166,7 @@ fn attr_i(name: &str, v: i64) -> AttributeProto {
     }
 }
 
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+pub(crate) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: pb::attribute_proto::AttributeType::Ints as i32,
@@ -175,7 +175,7 @@ fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
-fn node(
+pub(crate) fn node(
     op: &str,
     name: &str,
     inputs: &[&str],
