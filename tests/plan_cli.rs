@@ -327,7 +327,9 @@ fn memory_limit_predicts_the_peak_and_chunks_cem() {
         "1",
     ];
     let mut outs = vec![];
-    for (k, limit) in ["1G", "20M"].iter().enumerate() {
+    // 9M: between one candidate and all 120 (a symbolic-batch tract plan needs ~4 MiB resident
+    // and ~30 KiB per candidate on the shipped model).
+    for (k, limit) in ["1G", "9M"].iter().enumerate() {
         let json = dir.path().join(format!("{k}.json"));
         let mut a: Vec<&str> = base.to_vec();
         let j = json.to_str().unwrap().to_string();
@@ -336,15 +338,13 @@ fn memory_limit_predicts_the_peak_and_chunks_cem() {
         assert!(ok, "{stderr}");
         let predicted = bytes_after(&stdout, "predicted heap peak");
         let measured = bytes_after(&stdout, "heap peak  ");
-        if k == 0 {
-            // One batch: the prediction is within 25% of the measured peak.
-            let err = (predicted - measured).abs() / measured;
-            assert!(
-                err <= 0.25,
-                "--mem-limit {limit}: predicted {predicted} vs measured {measured}"
-            );
-        } else {
-            // Chunked: the extra per-size plans are budgeted conservatively; never under.
+        // Within 25% of the measured peak, one batch or chunked (and never under when chunked).
+        let err = (predicted - measured).abs() / measured;
+        assert!(
+            err <= 0.25,
+            "--mem-limit {limit}: predicted {predicted} vs measured {measured}"
+        );
+        if k == 1 {
             assert!(
                 predicted >= measured,
                 "predicted {predicted} < measured {measured}"
@@ -371,10 +371,54 @@ fn memory_limit_predicts_the_peak_and_chunks_cem() {
         "chunked CEM must plan exactly as one batch"
     );
     let t0 = std::time::Instant::now();
-    let (ok, _, stderr) = qwm(&["plan", "--episodes", "1", "--mem-limit", "12M"]);
-    assert!(
-        !ok && stderr.contains("--mem-limit") && stderr.contains("even one candidate"),
-        "{stderr}"
-    );
+    // Below what loading and one candidate need: refused (by the prediction, or by the hard
+    // limit while measuring a call), with the flag named.
+    let (ok, _, stderr) = qwm(&["plan", "--episodes", "1", "--mem-limit", "5M"]);
+    assert!(!ok && stderr.contains("--mem-limit"), "{stderr}");
     assert!(t0.elapsed().as_secs_f64() < 10.0);
+}
+
+/// tract's single symbolic-batch plan (the default) and one plan per batch size
+/// (`QWM_TRACT_PLAN=per-size`) compute the same function: identical episodes, with chunking and
+/// a thread split that produce several batch sizes.
+#[test]
+fn symbolic_batch_plan_matches_per_size_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outs = vec![];
+    for mode in ["per-size", "symbolic"] {
+        let json = dir.path().join(format!("{mode}.json"));
+        let out = Command::new(env!("CARGO_BIN_EXE_qwm"))
+            .args([
+                "plan",
+                "--episodes",
+                "2",
+                "--samples",
+                "60",
+                "--topk",
+                "6",
+                "--opt-steps",
+                "3",
+                "--max-iter",
+                "2",
+                "--threads",
+                "2",
+                "--chunk",
+                "25",
+                "--json",
+            ])
+            .arg(&json)
+            .current_dir(root())
+            .env("QWM_TRACT_PLAN", mode)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        outs.push(outcome(&v));
+    }
+    assert_eq!(outs[0], outs[1]);
 }
