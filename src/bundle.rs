@@ -272,6 +272,22 @@ pub struct MappedGraph {
     pub bytes: std::sync::Arc<Mmap>,
 }
 
+impl MappedGraph {
+    /// Hold graph bytes (a rewritten copy, a fuzz input) in an anonymous read-only mapping, as if
+    /// mapped from `path` (kept for error messages).
+    pub fn from_bytes(path: &Path, bytes: &[u8], spec: GraphSpec) -> Result<MappedGraph> {
+        let mut map =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| QwmError::io(path, e))?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map.make_read_only().map_err(|e| QwmError::io(path, e))?;
+        Ok(MappedGraph {
+            path: path.to_path_buf(),
+            spec,
+            bytes: std::sync::Arc::new(map),
+        })
+    }
+}
+
 /// A loaded, verified bundle.
 pub struct Bundle {
     /// Bundle folder.
@@ -288,18 +304,23 @@ pub struct Bundle {
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join("manifest.json");
     let text = std::fs::read_to_string(&path).map_err(|e| QwmError::io(&path, e))?;
+    parse_manifest(&text, &path)
+}
+
+/// Parse and validate manifest text; `path` names it in errors.
+pub fn parse_manifest(text: &str, path: &Path) -> Result<Manifest> {
     // serde_path_to_error names the offending field ("image_size: invalid type ...").
-    let de = &mut serde_json::Deserializer::from_str(&text);
+    let de = &mut serde_json::Deserializer::from_str(text);
     let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let inner = e.into_inner();
         if field.is_empty() || field == "." {
-            QwmError::bundle(&path, format!("invalid manifest: {inner}"))
+            QwmError::bundle(path, format!("invalid manifest: {inner}"))
         } else {
-            QwmError::bundle(&path, format!("invalid manifest: field {field}: {inner}"))
+            QwmError::bundle(path, format!("invalid manifest: field {field}: {inner}"))
         }
     })?;
-    m.validate(&path)?;
+    m.validate(path)?;
     Ok(m)
 }
 

@@ -5,7 +5,7 @@
 //! about planners or environments.
 
 use crate::backend::{Backend, LoadOptions, Session, TensorRef};
-use crate::bundle::{Bundle, GraphSpec, Manifest, MappedGraph};
+use crate::bundle::{Bundle, Manifest, MappedGraph};
 use crate::env::{render, Frame};
 use crate::error::{QwmError, Result};
 use crate::quant::calib::Calibration;
@@ -55,20 +55,6 @@ pub struct WorldModel {
     tap_names: [Vec<String>; 2],
 }
 
-/// Hold rewritten graph bytes in an anonymous read-only mapping (no file on disk); `path` is the
-/// original file, kept for error messages.
-fn map_in_memory(path: &std::path::Path, bytes: &[u8], spec: GraphSpec) -> Result<MappedGraph> {
-    let mut map =
-        memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| QwmError::io(path, e))?;
-    map[..bytes.len()].copy_from_slice(bytes);
-    let map = map.make_read_only().map_err(|e| QwmError::io(path, e))?;
-    Ok(MappedGraph {
-        path: path.to_path_buf(),
-        spec,
-        bytes: std::sync::Arc::new(map),
-    })
-}
-
 fn check_objective(bundle: &Bundle) -> Result<()> {
     let mode = &bundle.manifest.objective.mode;
     if mode != "last" {
@@ -116,7 +102,8 @@ impl WorldModel {
                     name: n.clone(),
                     shape: vec![],
                 }));
-            let graph = map_in_memory(&g.path, &crate::quant::onnx::encode(&proto), spec)?;
+            let graph =
+                MappedGraph::from_bytes(&g.path, &crate::quant::onnx::encode(&proto), spec)?;
             sessions.push(backend.load(&graph, opts)?);
         }
         let predictor = sessions.pop().expect("two graphs");
@@ -141,7 +128,7 @@ impl WorldModel {
         backend: &dyn Backend,
         opts: &LoadOptions,
     ) -> Result<()> {
-        let graph = map_in_memory(&like.path, bytes, like.spec.clone())?;
+        let graph = MappedGraph::from_bytes(&like.path, bytes, like.spec.clone())?;
         let session = backend.load(&graph, opts)?;
         match module {
             0 => self.encoder = session,

@@ -85,63 +85,83 @@ impl Backend for TractBackend {
     }
 
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
+        // A panic inside tract on a malformed graph becomes an error naming the graph.
         let name = graph.spec.file.clone();
-        let proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
-            .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
-        let (declared_in, declared_out) = declared_io(&proto);
-        drop(proto);
-        // The graph must declare exactly the manifest's tensors, with the same fixed dimensions.
-        let want_in: Vec<&str> = graph.spec.inputs.iter().map(|t| t.name.as_str()).collect();
-        let have_in: Vec<&str> = declared_in.iter().map(|(n, _)| n.as_str()).collect();
-        if want_in != have_in {
-            return Err(err(
-                &name,
-                format!("graph inputs {have_in:?} disagree with the manifest's {want_in:?}"),
-            ));
-        }
-        let want_out: Vec<&str> = graph.spec.outputs.iter().map(|t| t.name.as_str()).collect();
-        if want_out != declared_out {
-            return Err(err(
-                &name,
-                format!("graph outputs {declared_out:?} disagree with the manifest's {want_out:?}"),
-            ));
-        }
-        for ((n, shape), spec) in declared_in.iter().zip(&graph.spec.inputs) {
-            let agrees = shape.len() == spec.shape.len()
-                && shape
-                    .iter()
-                    .zip(&spec.shape)
-                    .all(|(a, b)| *a == *b || *a == -1 || *b == -1);
-            if !agrees {
-                return Err(err(
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_tract(graph, opts)))
+            .unwrap_or_else(|p| {
+                Err(err(
                     &name,
-                    format!(
-                        "input '{n}': graph declares shape {shape:?}, manifest says {:?}",
-                        spec.shape
-                    ),
-                ));
-            }
-        }
-        // The session shares the mapping: plans for new batch sizes decode from it.
-        let bytes = graph.bytes.clone();
-        let session = TractSession {
-            name,
-            bytes,
-            inputs: graph
-                .spec
-                .inputs
-                .iter()
-                .map(|t| (t.name.clone(), t.shape.clone()))
-                .collect(),
-            outputs: want_out.iter().map(|s| s.to_string()).collect(),
-            threads: opts.threads.max(1),
-            plans: Mutex::new(HashMap::new()),
-            symbolic_failed: std::sync::atomic::AtomicBool::new(false),
-        };
-        // Build the batch-1 plan now: the graph must type-check with the manifest's shapes.
-        session.plan(1)?;
-        Ok(Box::new(session))
+                    format!("tract panicked while loading: {}", panic_text(&p)),
+                ))
+            })
     }
+}
+
+/// The text of a caught panic.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
+    let name = graph.spec.file.clone();
+    let proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
+        .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
+    let (declared_in, declared_out) = declared_io(&proto);
+    drop(proto);
+    // The graph must declare exactly the manifest's tensors, with the same fixed dimensions.
+    let want_in: Vec<&str> = graph.spec.inputs.iter().map(|t| t.name.as_str()).collect();
+    let have_in: Vec<&str> = declared_in.iter().map(|(n, _)| n.as_str()).collect();
+    if want_in != have_in {
+        return Err(err(
+            &name,
+            format!("graph inputs {have_in:?} disagree with the manifest's {want_in:?}"),
+        ));
+    }
+    let want_out: Vec<&str> = graph.spec.outputs.iter().map(|t| t.name.as_str()).collect();
+    if want_out != declared_out {
+        return Err(err(
+            &name,
+            format!("graph outputs {declared_out:?} disagree with the manifest's {want_out:?}"),
+        ));
+    }
+    for ((n, shape), spec) in declared_in.iter().zip(&graph.spec.inputs) {
+        let agrees = shape.len() == spec.shape.len()
+            && shape
+                .iter()
+                .zip(&spec.shape)
+                .all(|(a, b)| *a == *b || *a == -1 || *b == -1);
+        if !agrees {
+            return Err(err(
+                &name,
+                format!(
+                    "input '{n}': graph declares shape {shape:?}, manifest says {:?}",
+                    spec.shape
+                ),
+            ));
+        }
+    }
+    // The session shares the mapping: plans for new batch sizes decode from it.
+    let bytes = graph.bytes.clone();
+    let session = TractSession {
+        name,
+        bytes,
+        inputs: graph
+            .spec
+            .inputs
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect(),
+        outputs: want_out.iter().map(|s| s.to_string()).collect(),
+        threads: opts.threads.max(1),
+        plans: Mutex::new(HashMap::new()),
+        symbolic_failed: std::sync::atomic::AtomicBool::new(false),
+    };
+    // Build the batch-1 plan now: the graph must type-check with the manifest's shapes.
+    session.plan(1)?;
+    Ok(Box::new(session))
 }
 
 impl TractSession {
@@ -281,7 +301,15 @@ impl Session for TractSession {
         let (ordered, batch) = super::order_inputs("tract", &self.name, &self.inputs, inputs)?;
         let ranges = split_ranges(batch, self.threads);
         if ranges.len() == 1 {
-            return self.run_part(&ordered, 0..batch);
+            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_part(&ordered, 0..batch)
+            }))
+            .unwrap_or_else(|p| {
+                Err(err(
+                    &self.name,
+                    format!("tract panicked while running: {}", panic_text(&p)),
+                ))
+            });
         }
         let results: Vec<Result<Vec<Tensor>>> = std::thread::scope(|s| {
             let handles: Vec<_> = ranges

@@ -625,6 +625,23 @@ episodes = 7
     }
 
     #[test]
+    fn run_order_follows_the_tables() {
+        let c = cfg("model='m'\n[[grid]]\nschemes=['w8','float']\n[[grid]]\nschemes=['float','w4']\nopt_steps=[5]\n").unwrap();
+        let mut cells = c.cells();
+        c.sort_run_order(&mut cells);
+        let ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "float-o10-i10-s0",
+                "rtn-both-w8-o10-i10-s0",
+                "float-o5-i10-s0",
+                "rtn-both-w4-o5-i10-s0"
+            ]
+        );
+    }
+
+    #[test]
     fn bad_configs_name_the_problem() {
         let e = cfg("model='m'\n[[grid]]\nschemes=['w5']\n").unwrap_err();
         assert!(e.to_string().contains("w5"), "{e}");

@@ -247,6 +247,18 @@ pub fn run_study(opts: &StudyOptions) -> Result<StudyOutcome> {
     let float_bytes = enc_b + pred_b;
 
     // Jobs: first the missing bundles, then the cells whose bundles exist.
+    // Run order: each cell's rank, and each bundle's (that of the first cell needing it).
+    let rank: std::collections::HashMap<String, usize> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.clone(), i))
+        .collect();
+    let mut bundle_rank: std::collections::HashMap<String, usize> = Default::default();
+    for (i, c) in pending.iter().enumerate() {
+        if let Some(n) = c.bundle_name() {
+            bundle_rank.entry(n).or_insert(i);
+        }
+    }
     // In run order, so the first cells can start while later bundles are quantized.
     let mut bundle_jobs: Vec<String> = Vec::new();
     for cell in &pending {
@@ -327,10 +339,21 @@ pub fn run_study(opts: &StudyOptions) -> Result<StudyOutcome> {
         }
         waiting = still;
         while running.len() < opts.jobs {
-            // Cells before quantizations: the first cells run while later bundles are made.
+            // The job of the earliest cell in run order first: a cell, or the bundle that the
+            // earliest waiting cell needs (so key cells never wait behind later tables).
+            let rank_of = |j: &Job| -> usize {
+                match j {
+                    Job::Plan { cell } => rank.get(&cell.id).copied().unwrap_or(usize::MAX),
+                    Job::Quantize { name, .. } => {
+                        bundle_rank.get(name).copied().unwrap_or(usize::MAX)
+                    }
+                }
+            };
             let next = queue
                 .iter()
-                .position(|j| matches!(j, Job::Plan { .. }))
+                .enumerate()
+                .min_by_key(|(i, j)| (rank_of(j), *i))
+                .map(|(i, _)| i)
                 .unwrap_or(0);
             let Some(job) = queue.remove(next) else { break };
             running.push(start(opts, job, &mp)?);
