@@ -392,3 +392,24 @@ impl Bundle {
         self.encoder.spec.bytes + self.predictor.spec.bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `manifest` fuzz target: without serde_json's exact float parsing, a number in
+    /// the free-form `training` record (0.015091286040842534) printed and parsed back as another
+    /// double, so a manifest did not survive a write/read round trip.
+    #[test]
+    fn manifests_round_trip_exactly() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz");
+        let path = dir.join("manifest-float-roundtrip.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let m = parse_manifest(&text, &path).unwrap();
+        let again = serde_json::to_string(&m).unwrap();
+        assert_eq!(parse_manifest(&again, &path).unwrap(), m);
+        let v: serde_json::Value = serde_json::from_str("0.015091286040842534").unwrap();
+        let w: serde_json::Value = serde_json::from_str(&v.to_string()).unwrap();
+        assert_eq!(v, w);
+    }
+}

@@ -1018,38 +1018,41 @@ fn profile(args: ProfileArgs) -> Result<()> {
     }
     let mut ops = vec![];
     if args.reps > 0 {
-        if backend_name == "tract" {
-            let part = cfg.chunk.div_ceil(threads);
-            for (graph, batch) in [(&bundle.encoder, 1), (&bundle.predictor, part)] {
-                let p = qwm::backend::tract::op_profile(graph, batch, args.reps, args.top)?;
-                println!(
-                    "operators of {} at batch {} (one thread's share of a call): {:.2} ms per call",
-                    p.graph, p.batch, p.total_ms
-                );
-                for o in &p.by_op {
-                    if o.share >= 0.005 {
-                        println!(
-                            "  {:<32} {:>10.2} ms {:>6.1}%  ({} nodes)",
-                            o.name,
-                            o.ms,
-                            100.0 * o.share,
-                            o.nodes
-                        );
-                    }
-                }
-                println!("  slowest nodes:");
-                for o in &p.top_nodes {
+        let part = cfg.chunk.div_ceil(threads);
+        for (graph, batch) in [(&bundle.encoder, 1), (&bundle.predictor, cfg.chunk)] {
+            let p = op_profile(&backend_name, &args, graph, batch, part, threads)?;
+            println!(
+                "operators of {} at batch {} ({}): {:.2} ms per call",
+                p.graph,
+                p.batch,
+                if backend_name == "tract" {
+                    "tract's plan node by node, one thread's share of the call"
+                } else {
+                    "ONNX Runtime's profiler, kernel times"
+                },
+                p.total_ms
+            );
+            for o in &p.by_op {
+                if o.share >= 0.005 {
                     println!(
-                        "    {:<60} {:>8.2} ms {:>6.1}%",
+                        "  {:<32} {:>10.2} ms {:>6.1}%  ({} nodes)",
                         o.name,
                         o.ms,
-                        100.0 * o.share
+                        100.0 * o.share,
+                        o.nodes
                     );
                 }
-                ops.push(p);
             }
-        } else {
-            println!("operators: per-operator times come from tract's plan; rerun with --backend tract (the same graphs)");
+            println!("  slowest nodes:");
+            for o in &p.top_nodes {
+                println!(
+                    "    {:<60} {:>8.2} ms {:>6.1}%",
+                    o.name,
+                    o.ms,
+                    100.0 * o.share
+                );
+            }
+            ops.push(p);
         }
     }
     if let Some(path) = &args.json {
@@ -1073,6 +1076,31 @@ fn profile(args: ProfileArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Per-operator profile of one graph: tract evaluates its plan node by node at one thread's
+/// share of the batch (`part`); ONNX Runtime profiles whole calls with its own profiler.
+fn op_profile(
+    backend: &str,
+    args: &ProfileArgs,
+    graph: &qwm::bundle::MappedGraph,
+    batch: usize,
+    part: usize,
+    threads: usize,
+) -> Result<qwm::backend::OpProfile> {
+    let _ = threads;
+    match backend {
+        "tract" => Ok(qwm::backend::tract::op_profile(
+            graph,
+            if batch == 1 { 1 } else { part },
+            args.reps,
+            args.top,
+        )?),
+        #[cfg(feature = "ort")]
+        "ort" => Ok(qwm::backend::ort::OrtBackend::new(args.ort_lib.as_deref())?
+            .op_profile(graph, batch, threads, args.reps, args.top)?),
+        other => bail!("--backend {other}: no per-operator profile for this backend"),
+    }
 }
 
 fn fit(args: FitArgs) -> Result<()> {

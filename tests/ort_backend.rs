@@ -226,3 +226,56 @@ fn plan_runs_the_same_episode_on_both_backends() {
         assert!((x - y).abs() < 1e-3, "final states differ: {a:?} vs {b:?}");
     }
 }
+
+/// `qwm profile --backend ort` reads ONNX Runtime's own profiler: per-operator kernel times for
+/// both graphs, named after the ONNX nodes.
+#[test]
+fn profile_reads_onnx_runtime_kernel_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
+        .args([
+            "profile",
+            "--backend",
+            "ort",
+            "--samples",
+            "20",
+            "--topk",
+            "4",
+            "--opt-steps",
+            "1",
+            "--threads",
+            "1",
+            "--reps",
+            "2",
+            "--json",
+        ])
+        .arg(&json)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ONNX Runtime's profiler"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ops = v["operators"].as_array().unwrap();
+    assert_eq!(ops.len(), 2);
+    for o in ops {
+        let rows = o["by_op"].as_array().unwrap();
+        assert!(rows.iter().any(|r| r["name"] == "MatMul"), "{o}");
+        let kernel: f64 = rows.iter().map(|r| r["ms"].as_f64().unwrap()).sum();
+        assert!(
+            kernel > 0.0 && kernel <= o["total_ms"].as_f64().unwrap() * 1.05,
+            "{o}"
+        );
+    }
+    assert!(ops[1]["top_nodes"][0]["name"]
+        .as_str()
+        .unwrap()
+        .contains("/blocks."));
+}

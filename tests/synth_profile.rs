@@ -188,6 +188,45 @@ fn synthetic_bundle_plans_quantizes_and_profiles() {
             .iter()
             .any(|r| r["name"].as_str().unwrap().contains("MatMul")));
     }
+    // --mem-limit on a synthetic bundle: the predicted heap peak is within 25% of the measured.
+    let (ok, stdout, stderr) = qwm(&[
+        "plan",
+        "--model",
+        bs,
+        "--episodes",
+        "1",
+        "--max-iter",
+        "1",
+        "--samples",
+        "120",
+        "--topk",
+        "12",
+        "--opt-steps",
+        "2",
+        "--threads",
+        "1",
+        "--mem-limit",
+        "64M",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let mib = |key: &str| -> f64 {
+        let rest = stdout
+            .split(key)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{key} in {stdout}"));
+        let mut it = rest.split_whitespace();
+        let v: f64 = it.next().unwrap().parse().unwrap();
+        match it.next().unwrap().trim_end_matches([',', ')']) {
+            "KiB" => v / 1024.0,
+            "MiB" => v,
+            u => panic!("unit {u}"),
+        }
+    };
+    let (predicted, measured) = (mib("predicted heap peak"), mib("heap peak  "));
+    assert!(
+        (predicted - measured).abs() / measured <= 0.25,
+        "predicted {predicted} MiB vs measured {measured} MiB"
+    );
     let (ok, _, stderr) = qwm(&["synth", "--preset", "vitb", "--out", bs]);
     assert!(!ok && stderr.contains("vitb"), "{stderr}");
     let (ok, _, stderr) = qwm(&["synth", "--arch", "llama", "--out", bs]);

@@ -210,3 +210,77 @@ mod tests {
         }
     }
 }
+
+/// Time spent in one kind of operator (or one node) during a graph call.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpTime {
+    /// Operator name as tract's optimized plan shows it (e.g. `EinSum`, `Softmax`), or the node
+    /// name for per-node rows.
+    pub name: String,
+    /// Nodes of this operator in the plan.
+    pub nodes: usize,
+    /// Mean milliseconds per call.
+    pub ms: f64,
+    /// Share of the call.
+    pub share: f64,
+}
+
+/// Per-operator profile of one graph call.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpProfile {
+    /// Graph file.
+    pub graph: String,
+    /// Batch of the call.
+    pub batch: usize,
+    /// Mean wall time of a call evaluated node by node (ms).
+    pub total_ms: f64,
+    /// Per operator kind, slowest first.
+    pub by_op: Vec<OpTime>,
+    /// The slowest nodes.
+    pub top_nodes: Vec<OpTime>,
+}
+
+/// Aggregate `(node, op, seconds)` samples of `reps` calls into a profile (per operator kind,
+/// and the `top` slowest nodes); `total_s` is the mean wall time of a call.
+pub fn summarize_op_times(
+    graph: &str,
+    batch: usize,
+    total_s: f64,
+    reps: usize,
+    samples: Vec<(String, String, f64)>,
+    top: usize,
+) -> Result<OpProfile> {
+    use std::collections::HashMap;
+    let reps = reps.max(1) as f64;
+    let mut by_op: HashMap<String, (f64, usize)> = HashMap::new();
+    let mut by_node: HashMap<String, (f64, usize)> = HashMap::new();
+    for (node, op, t) in samples {
+        let e = by_op.entry(op.clone()).or_default();
+        e.0 += t;
+        e.1 += 1;
+        let e = by_node.entry(format!("{node} ({op})")).or_default();
+        e.0 += t;
+        e.1 += 1;
+    }
+    let rows = |m: HashMap<String, (f64, usize)>, keep: usize| -> Vec<OpTime> {
+        let mut v: Vec<OpTime> = m
+            .into_iter()
+            .map(|(k, (t, n))| OpTime {
+                name: k,
+                nodes: (n as f64 / reps).round() as usize,
+                ms: t / reps * 1e3,
+                share: t / reps / total_s.max(1e-12),
+            })
+            .collect();
+        v.sort_by(|a, b| b.ms.total_cmp(&a.ms).then(a.name.cmp(&b.name)));
+        v.truncate(keep);
+        v
+    };
+    Ok(OpProfile {
+        graph: graph.to_string(),
+        batch,
+        total_ms: total_s * 1e3,
+        by_op: rows(by_op, usize::MAX),
+        top_nodes: rows(by_node, top),
+    })
+}

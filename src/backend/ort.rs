@@ -97,6 +97,105 @@ impl OrtBackend {
     }
 }
 
+impl OrtBackend {
+    /// A session builder with qwm's settings: `threads` intra-op threads, all graph optimizations
+    /// except QDQ fusion.
+    fn builder(
+        &self,
+        name: &str,
+        threads: usize,
+    ) -> Result<::ort::session::builder::SessionBuilder> {
+        let builder = ::ort::session::Session::builder(self.env).map_err(|e| err(name, e))?;
+        let builder = builder
+            .with_intra_threads(threads.max(1))
+            .map_err(|e| err(name, e))?;
+        let builder = builder.with_inter_threads(1).map_err(|e| err(name, e))?;
+        // QDQ fusion off: at the extended level ONNX Runtime turns a weight-only
+        // DequantizeLinear -> MatMul into an integer matmul that also quantizes the activations
+        // (measured: 1.1e-3 relative deviation on a W8 weight-only graph), which is not what a
+        // simulate-form bundle means. The other fusions (LayerNorm, GELU, attention) stay on.
+        let builder = builder.with_quant_qdq(false).map_err(|e| err(name, e))?;
+        builder
+            .with_optimization_level(::ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(|e| err(name, e))
+    }
+
+    /// Per-operator profile of calls of `graph` at `batch` with ONNX Runtime's own profiler
+    /// (its per-node kernel times), over `reps` calls on seeded random inputs.
+    pub fn op_profile(
+        &self,
+        graph: &MappedGraph,
+        batch: usize,
+        threads: usize,
+        reps: usize,
+        top: usize,
+    ) -> Result<super::OpProfile> {
+        let name = graph.spec.file.clone();
+        let dir = std::env::temp_dir().join(format!("qwm-ort-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| QwmError::io(&dir, e))?;
+        let builder = self.builder(&name, threads)?;
+        let mut builder = builder
+            .with_profiling(dir.join("profile"))
+            .map_err(|e| err(&name, e))?;
+        let session = builder
+            .commit_from_memory(&graph.bytes[..])
+            .map_err(|e| err(&name, format!("cannot load graph: {e}")))?;
+        let s = OrtSession {
+            name: name.clone(),
+            session: Mutex::new(session),
+            inputs: graph
+                .spec
+                .inputs
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect(),
+            outputs: graph.spec.outputs.iter().map(|t| t.name.clone()).collect(),
+        };
+        let data = crate::bench::random_inputs(graph, batch, 0);
+        let refs: Vec<(&str, TensorRef<'_>)> = data
+            .iter()
+            .map(|(n, sh, d)| (n.as_str(), TensorRef { shape: sh, data: d }))
+            .collect();
+        let reps = reps.max(1);
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            s.run(&refs)?;
+        }
+        let total = t0.elapsed().as_secs_f64() / reps as f64;
+        let file = s
+            .session
+            .lock()
+            .map_err(|_| err(&name, "session lock poisoned"))?
+            .end_profiling()
+            .map_err(|e| err(&name, format!("profiler: {e}")))?;
+        let text = std::fs::read_to_string(&file).map_err(|e| QwmError::io(&file, e));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&file);
+        let events: serde_json::Value = serde_json::from_str(&text?)
+            .map_err(|e| err(&name, format!("profiler output {file}: {e}")))?;
+        super::summarize_op_times(&name, batch, total, reps, kernel_times(&events), top)
+    }
+}
+
+/// `(node, op, seconds)` of every node kernel event in an ONNX Runtime profile.
+fn kernel_times(events: &serde_json::Value) -> Vec<(String, String, f64)> {
+    events
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|e| e["cat"] == "Node")
+        .filter_map(|e| {
+            let n = e["name"].as_str()?.strip_suffix("_kernel_time")?;
+            Some((
+                n.to_string(),
+                e["args"]["op_name"].as_str().unwrap_or("?").to_string(),
+                e["dur"].as_f64()? * 1e-6,
+            ))
+        })
+        .collect()
+}
+
 /// A graph loaded in ONNX Runtime.
 pub struct OrtSession {
     name: String,
@@ -112,19 +211,7 @@ impl Backend for OrtBackend {
 
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
         let name = graph.spec.file.clone();
-        let builder = ::ort::session::Session::builder(self.env).map_err(|e| err(&name, e))?;
-        let builder = builder
-            .with_intra_threads(opts.threads.max(1))
-            .map_err(|e| err(&name, e))?;
-        let builder = builder.with_inter_threads(1).map_err(|e| err(&name, e))?;
-        // QDQ fusion off: at the extended level ONNX Runtime turns a weight-only
-        // DequantizeLinear -> MatMul into an integer matmul that also quantizes the activations
-        // (measured: 1.1e-3 relative deviation on a W8 weight-only graph), which is not what a
-        // simulate-form bundle means. The other fusions (LayerNorm, GELU, attention) stay on.
-        let builder = builder.with_quant_qdq(false).map_err(|e| err(&name, e))?;
-        let mut builder = builder
-            .with_optimization_level(::ort::session::builder::GraphOptimizationLevel::All)
-            .map_err(|e| err(&name, e))?;
+        let mut builder = self.builder(&name, opts.threads)?;
         let session = builder
             .commit_from_memory(&graph.bytes[..])
             .map_err(|e| err(&name, format!("cannot load graph: {e}")))?;

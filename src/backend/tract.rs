@@ -341,38 +341,14 @@ impl Session for TractSession {
     }
 }
 
-/// Time spent in one kind of operator (or one node) during a graph call.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct OpTime {
-    /// Operator name as tract's optimized plan shows it (e.g. `EinSum`, `Softmax`), or the node
-    /// name for per-node rows.
-    pub name: String,
-    /// Nodes of this operator in the plan.
-    pub nodes: usize,
-    /// Mean milliseconds per call.
-    pub ms: f64,
-    /// Share of the call.
-    pub share: f64,
-}
-
-/// Per-operator profile of one graph call.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct OpProfile {
-    /// Graph file.
-    pub graph: String,
-    /// Batch of the call.
-    pub batch: usize,
-    /// Mean wall time of a call evaluated node by node (ms).
-    pub total_ms: f64,
-    /// Per operator kind, slowest first.
-    pub by_op: Vec<OpTime>,
-    /// The slowest nodes.
-    pub top_nodes: Vec<OpTime>,
-}
-
 /// Per-operator wall time of one call of `graph` at `batch` on one thread: tract's optimized plan
 /// evaluated node by node on seeded random inputs, one warm-up call then `reps` timed ones.
-pub fn op_profile(graph: &MappedGraph, batch: usize, reps: usize, top: usize) -> Result<OpProfile> {
+pub fn op_profile(
+    graph: &MappedGraph,
+    batch: usize,
+    reps: usize,
+    top: usize,
+) -> Result<super::OpProfile> {
     let name = graph.spec.file.clone();
     let proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
         .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
@@ -402,8 +378,7 @@ pub fn op_profile(graph: &MappedGraph, batch: usize, reps: usize, top: usize) ->
     state
         .run(tv.clone())
         .map_err(|e| err(&name, format!("run failed: {e:#}")))?;
-    let mut by_op: HashMap<String, (f64, usize)> = HashMap::new();
-    let mut by_node: HashMap<String, (f64, usize)> = HashMap::new();
+    let mut times: Vec<(String, String, f64)> = Vec::new();
     let reps = reps.max(1);
     let t0 = std::time::Instant::now();
     for _ in 0..reps {
@@ -411,38 +386,15 @@ pub fn op_profile(graph: &MappedGraph, batch: usize, reps: usize, top: usize) ->
             .run_plan_with_eval(tv.clone(), |ctx, st, node, input| {
                 let t = std::time::Instant::now();
                 let r = tract_core::plan::eval(ctx, st, node, input);
-                let dt = t.elapsed().as_secs_f64();
-                let op = node.op().name().to_string();
-                let e = by_op.entry(op.clone()).or_default();
-                e.0 += dt;
-                e.1 += 1;
-                let e = by_node.entry(format!("{} ({op})", node.name)).or_default();
-                e.0 += dt;
-                e.1 += 1;
+                times.push((
+                    node.name.clone(),
+                    node.op().name().to_string(),
+                    t.elapsed().as_secs_f64(),
+                ));
                 r
             })
             .map_err(|e| err(&name, format!("run failed: {e:#}")))?;
     }
     let total = t0.elapsed().as_secs_f64() / reps as f64;
-    let rows = |m: HashMap<String, (f64, usize)>, keep: usize| -> Vec<OpTime> {
-        let mut v: Vec<OpTime> = m
-            .into_iter()
-            .map(|(k, (t, n))| OpTime {
-                name: k,
-                nodes: n / reps,
-                ms: t / reps as f64 * 1e3,
-                share: t / reps as f64 / total.max(1e-12),
-            })
-            .collect();
-        v.sort_by(|a, b| b.ms.total_cmp(&a.ms).then(a.name.cmp(&b.name)));
-        v.truncate(keep);
-        v
-    };
-    Ok(OpProfile {
-        graph: name,
-        batch,
-        total_ms: total * 1e3,
-        by_op: rows(by_op, usize::MAX),
-        top_nodes: rows(by_node, top),
-    })
+    super::summarize_op_times(&name, batch, total, reps, times, top)
 }
