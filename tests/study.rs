@@ -307,6 +307,16 @@ fn bad_study_input_fails_with_a_clear_message() {
         !ok && stderr.contains("/nonexistent/results.jsonl"),
         "{stderr}"
     );
+    // A device instead of a results file: refused at once (reading /dev/zero would never end).
+    if Path::new("/dev/zero").exists() {
+        let (ok, _, stderr) = qwm(&[
+            "report",
+            "/dev/zero",
+            "--out",
+            tmp.path().join("z").to_str().unwrap(),
+        ]);
+        assert!(!ok && stderr.contains("not a regular file"), "{stderr}");
+    }
     let garbage = write("results.jsonl", "{\"id\": 1}\nnot json\n");
     let (ok, _, stderr) = qwm(&[
         "report",
@@ -315,4 +325,44 @@ fn bad_study_input_fails_with_a_clear_message() {
         tmp.path().join("r").to_str().unwrap(),
     ]);
     assert!(!ok && stderr.contains("line 1"), "{stderr}");
+}
+
+/// A full disk while appending results is reported (the cell is listed as failed, the run exits
+/// non-zero, the message says why), not ignored; the same command resumes once there is space.
+#[test]
+#[cfg(target_os = "linux")]
+fn full_disk_is_reported_and_the_study_resumes() {
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), 1);
+    let out = tmp.path().join("full");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join("results.jsonl")).unwrap();
+    let args = [
+        "study",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-report",
+    ];
+    let (ok, stdout, stderr) = qwm(&args);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("No space left on device"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("cells failed"), "{stderr}");
+    // Space again: the rerun finishes every cell from the plan reports already on disk.
+    std::fs::remove_file(out.join("results.jsonl")).unwrap();
+    let (ok, stdout, stderr) = qwm(&args);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(
+        qwm::study::read_results(&[out.join("results.jsonl")])
+            .unwrap()
+            .len(),
+        4
+    );
 }

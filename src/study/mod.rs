@@ -530,6 +530,13 @@ fn ranks(v: &[f64]) -> Vec<f64> {
 pub fn read_results(paths: &[PathBuf]) -> Result<Vec<CellResult>> {
     let mut by_id: BTreeMap<String, CellResult> = BTreeMap::new();
     for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| QwmError::io(path, e))?;
+        if !meta.is_file() {
+            return Err(QwmError::Usage(format!(
+                "{}: not a regular file (a qwm study results file is JSON lines)",
+                path.display()
+            )));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| QwmError::io(path, e))?;
         let lines: Vec<&str> = text.lines().collect();
         for (n, line) in lines.iter().enumerate() {
@@ -561,13 +568,13 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Vec<CellResult>> {
     Ok(by_id.into_values().collect())
 }
 
-/// The results files in a study folder (`results*.jsonl`), sorted.
+/// The results files in a study folder (`results*.jsonl` regular files, or links to them), sorted.
 pub fn results_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| QwmError::io(dir, e))? {
         let p = e.map_err(|e| QwmError::io(dir, e))?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("results") && name.ends_with(".jsonl") {
+        if name.starts_with("results") && name.ends_with(".jsonl") && p.is_file() {
             v.push(p);
         }
     }
