@@ -21,8 +21,11 @@ fuzz_target!(|data: &[u8]| {
                 .inputs
                 .iter()
                 .map(|t| {
-                    let shape: Vec<usize> =
-                        t.shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect();
+                    let shape: Vec<usize> = t
+                        .shape
+                        .iter()
+                        .map(|&d| if d < 0 { 1 } else { d as usize })
+                        .collect();
                     let n = shape.iter().product();
                     (t.name.clone(), shape, vec![0.5f32; n])
                 })
