@@ -4,18 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
 fn qwm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qwm"))
-        .args(args)
-        .output()
-        .expect("run qwm");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_qwm(args)
 }
 
 #[test]

@@ -12,15 +12,7 @@ fn qwm_bin() -> &'static str {
 }
 
 fn qwm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(qwm_bin())
-        .args(args)
-        .output()
-        .expect("run qwm");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_qwm(args)
 }
 
 /// A 2 x 2-cell study (float, W4-g32 on both modules) x (1, 2 opt steps) with 20 CEM samples.

@@ -140,17 +140,7 @@ impl OrtBackend {
         let session = builder
             .commit_from_memory(&graph.bytes[..])
             .map_err(|e| err(&name, format!("cannot load graph: {e}")))?;
-        let s = OrtSession {
-            name: name.clone(),
-            session: Mutex::new(session),
-            inputs: graph
-                .spec
-                .inputs
-                .iter()
-                .map(|t| (t.name.clone(), t.shape.clone()))
-                .collect(),
-            outputs: graph.spec.outputs.iter().map(|t| t.name.clone()).collect(),
-        };
+        let s = OrtSession::new(name.clone(), session, graph);
         let data = crate::bench::random_inputs(graph, batch, 0);
         let refs: Vec<(&str, TensorRef<'_>)> = data
             .iter()
@@ -239,7 +229,14 @@ impl Backend for OrtBackend {
                 format!("graph outputs {have_out:?} disagree with the manifest's {want_out:?}"),
             ));
         }
-        Ok(Box::new(OrtSession {
+        Ok(Box::new(OrtSession::new(name, session, graph)))
+    }
+}
+
+impl OrtSession {
+    /// Wrap a committed session with the graph's manifest inputs and outputs.
+    fn new(name: String, session: ::ort::session::Session, graph: &MappedGraph) -> OrtSession {
+        OrtSession {
             name,
             session: Mutex::new(session),
             inputs: graph
@@ -248,8 +245,8 @@ impl Backend for OrtBackend {
                 .iter()
                 .map(|t| (t.name.clone(), t.shape.clone()))
                 .collect(),
-            outputs: want_out,
-        }))
+            outputs: graph.spec.outputs.iter().map(|t| t.name.clone()).collect(),
+        }
     }
 }
 

@@ -347,24 +347,23 @@ impl StudyConfig {
     /// Sort cells into run order: by the first `[[grid]]` table that lists them (so the tables
     /// written first, the key cells, finish first), then by id. Sharding uses id order, not this.
     pub fn sort_run_order(&self, cells: &mut [Cell]) {
-        let first_table = |c: &Cell| -> usize {
-            self.grid
-                .iter()
-                .position(|g| {
-                    let one = StudyConfig {
-                        grid: vec![g.clone()],
-                        ..self.clone()
-                    };
-                    one.cells().iter().any(|x| x.id == c.id)
-                })
-                .unwrap_or(usize::MAX)
-        };
-        let mut keyed: Vec<(usize, Cell)> =
-            cells.iter().map(|c| (first_table(c), c.clone())).collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
-        for (dst, (_, c)) in cells.iter_mut().zip(keyed) {
-            *dst = c;
+        // The first table listing each id, from one expansion per table.
+        let mut first: std::collections::HashMap<String, usize> = Default::default();
+        for (t, g) in self.grid.iter().enumerate() {
+            let one = StudyConfig {
+                grid: vec![g.clone()],
+                ..self.clone()
+            };
+            for c in one.cells() {
+                first.entry(c.id).or_insert(t);
+            }
         }
+        cells.sort_by_key(|c| {
+            (
+                first.get(&c.id).copied().unwrap_or(usize::MAX),
+                c.id.clone(),
+            )
+        });
     }
 }
 

@@ -127,3 +127,17 @@ pub fn check_fixture(
         assert!(e <= tol, "{what} {}: {name} rel err {e}", dir.display());
     }
 }
+
+/// Run the qwm binary with `args` from the repository root: (success, stdout, stderr).
+pub fn run_qwm(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run qwm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
