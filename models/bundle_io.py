@@ -16,15 +16,19 @@ def sha256(path):
 
 def export_bundle(obs_enc, pred, out, *, name, env, image_size, num_patches, visual_dim, num_hist, frameskip,
                   action_dim, proprio_dim, action_mean, action_std, proprio_mean, proprio_std, fixture_inputs,
-                  training=None, alpha=1.0, action_low=None, action_high=None):
+                  training=None, alpha=1.0, action_low=None, action_high=None, proprio_emb_dim=10,
+                  proprio_tokens=1, extra_fixtures=None):
     """Export both graphs (opset 17, single files, dynamic batch), parity fixtures and the manifest.
 
     fixture_inputs: dict with pixels [B,3,S,S], proprio [B,P] (normalized) and action [B,H,A*fs] tensors.
+    proprio_tokens: 1 (one proprio embedding per frame) or num_patches (DINO-WM's per-token proprio
+    channels, flattened token-major: the proprio_emb tensors are [.., proprio_tokens * proprio_emb_dim]).
+    extra_fixtures: more named arrays to save under fixtures/ (e.g. a rollout reference).
     Returns the max abs difference between onnxruntime and PyTorch per output.
     """
     os.makedirs(out, exist_ok=True)
     obs_enc.eval(); pred.eval()
-    S, N, D, H, E = image_size, num_patches, visual_dim, num_hist, 10
+    S, N, D, H, E = image_size, num_patches, visual_dim, num_hist, proprio_emb_dim * proprio_tokens
     A = action_dim * frameskip
     enc_path, pred_path = os.path.join(out, "encoder.onnx"), os.path.join(out, "predictor.onnx")
     torch.onnx.export(obs_enc, (torch.zeros(2, 3, S, S), torch.zeros(2, proprio_dim)), enc_path, dynamo=False,
@@ -45,8 +49,10 @@ def export_bundle(obs_enc, pred, out, *, name, env, image_size, num_patches, vis
     fixtures = {"encoder_pixels": pix, "encoder_proprio": pr, "encoder_visual": vis_o, "encoder_proprio_emb": pe_o,
                 "predictor_visual": vis_h, "predictor_proprio_emb": pe_h, "predictor_action": act,
                 "predictor_next_visual": nv, "predictor_next_proprio_emb": npe}
+    fixtures.update(extra_fixtures or {})
     for k, v in fixtures.items():
-        np.save(os.path.join(fx, k + ".npy"), v.numpy().astype(np.float32))
+        v = v.numpy() if torch.is_tensor(v) else np.asarray(v)
+        np.save(os.path.join(fx, k + ".npy"), v.astype(np.float32))
     import onnxruntime as ort
     so = ort.SessionOptions(); so.intra_op_num_threads = 1
     o1 = ort.InferenceSession(enc_path, so).run(None, {"pixels": pix.numpy(), "proprio": pr.numpy()})
@@ -68,7 +74,8 @@ def export_bundle(obs_enc, pred, out, *, name, env, image_size, num_patches, vis
            if action_low is not None else {}),
         "proprio_dim": proprio_dim,
         "proprio_mean": [float(v) for v in proprio_mean], "proprio_std": [float(v) for v in proprio_std],
-        "num_hist": H, "num_patches": N, "visual_dim": D, "proprio_emb_dim": E,
+        "num_hist": H, "num_patches": N, "visual_dim": D, "proprio_emb_dim": proprio_emb_dim,
+        **({"proprio_tokens": proprio_tokens} if proprio_tokens != 1 else {}),
         "objective": {"mode": "last", "alpha": alpha},
         "graphs": {
             "encoder": {"file": "encoder.onnx", "sha256": sha256(enc_path), "bytes": os.path.getsize(enc_path),

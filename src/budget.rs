@@ -34,7 +34,7 @@ impl CallCost {
         wm: &WorldModel,
     ) -> f64 {
         let m = &wm.manifest;
-        let latent = (m.num_patches * m.visual_dim + m.proprio_emb_dim) as f64 * 4.0;
+        let latent = (m.num_patches * m.visual_dim + m.proprio_len()) as f64 * 4.0;
         let planner = samples as f64 * (horizon * m.model_action_dim()) as f64 * 4.0 * 3.0
             + chunk as f64 * latent * (horizon as f64 + 1.0);
         // Chunking over the samples (and splitting a chunk across threads) adds plans for up to
@@ -52,7 +52,7 @@ fn zero_latent(wm: &WorldModel) -> Latent {
     let m = &wm.manifest;
     Latent {
         visual: vec![0.0; m.num_patches * m.visual_dim],
-        proprio: vec![0.0; m.proprio_emb_dim],
+        proprio: vec![0.0; m.proprio_len()],
     }
 }
 

@@ -97,6 +97,13 @@ pub struct Manifest {
     pub visual_dim: usize,
     /// Width of the proprio embedding.
     pub proprio_emb_dim: usize,
+    /// Proprio embedding rows carried per frame: 1 (qwm's own models: one embedding, tiled onto
+    /// every token inside the predictor) or `num_patches` (DINO-WM's rollout, which keeps each
+    /// token's predicted proprio channels and feeds them back). The `proprio_emb` tensors then
+    /// hold `proprio_tokens x proprio_emb_dim` values per frame, token-major; the objective reads
+    /// token 0's, as DINO-WM's does.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub proprio_tokens: usize,
     /// Planning objective.
     pub objective: ObjectiveSpec,
     /// The graph files.
@@ -109,7 +116,20 @@ pub struct Manifest {
     pub training: serde_json::Value,
 }
 
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
 impl Manifest {
+    /// Proprio values carried per latent frame: `proprio_tokens x proprio_emb_dim`.
+    pub fn proprio_len(&self) -> usize {
+        self.proprio_tokens * self.proprio_emb_dim
+    }
+
     /// Model action width: action_dim x frameskip.
     pub fn model_action_dim(&self) -> usize {
         self.action_dim * self.frameskip
@@ -138,6 +158,12 @@ impl Manifest {
             if v == 0 || v > 1 << 20 {
                 return bad(format!("{k} = {v} is out of range"));
             }
+        }
+        if self.proprio_tokens != 1 && self.proprio_tokens != self.num_patches {
+            return bad(format!(
+                "proprio_tokens = {} must be 1 or num_patches ({})",
+                self.proprio_tokens, self.num_patches
+            ));
         }
         let vecs: [(&str, &Vec<f32>, usize, bool); 6] = [
             ("pixel_mean", &self.pixel_mean, 3, false),
@@ -190,7 +216,7 @@ impl Manifest {
             self.num_patches as i64,
             self.visual_dim as i64,
             self.num_hist as i64,
-            self.proprio_emb_dim as i64,
+            self.proprio_len() as i64,
             self.model_action_dim() as i64,
         );
         let expect = |g: &GraphSpec,

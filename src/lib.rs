@@ -22,5 +22,6 @@ pub mod report;
 pub mod study;
 pub mod synth;
 pub mod target;
+pub mod verify;
 
 pub use error::{QwmError, Result};

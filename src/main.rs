@@ -138,6 +138,25 @@ enum Cmd {
         /// Bundle folder.
         model: PathBuf,
     },
+    /// Check qwm's runtime against a bundle's PyTorch fixtures: encoder, predictor and (bundles
+    /// from models/export_dinowm.py) a 5-step rollout; exits non-zero when any output is off.
+    Verify {
+        /// Bundle folder.
+        #[arg(long, default_value = "models/wall")]
+        model: PathBuf,
+        /// Execution engine: tract or ort.
+        #[arg(long, default_value = "tract")]
+        backend: String,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Path of libonnxruntime for --backend ort.
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+        /// Write the result as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -534,6 +553,40 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Verify {
+            model,
+            backend,
+            threads,
+            ort_lib,
+            json,
+        } => {
+            let b = Bundle::open(&model)?;
+            let be = make_backend_with(&backend, ort_lib.as_deref())?;
+            let r = qwm::verify::verify(&b, be.as_ref(), threads.max(1))?;
+            println!("{} on {}:", model.display(), r.backend);
+            for c in &r.checks {
+                println!(
+                    "  {:28} rel err {:9.2e}  (tol {:.0e})  {}",
+                    c.output,
+                    c.rel_err,
+                    c.tol,
+                    if c.pass { "ok" } else { "FAIL" }
+                );
+            }
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            if !r.pass() {
+                bail!(
+                    "{}: {} of {} outputs differ from PyTorch beyond tolerance",
+                    model.display(),
+                    r.checks.iter().filter(|c| !c.pass).count(),
+                    r.checks.len()
+                );
+            }
+            Ok(())
+        }
         Cmd::Inspect { model } => {
             let b = Bundle::open(&model)?;
             let m = &b.manifest;
@@ -543,8 +596,10 @@ fn run(cli: Cli) -> Result<()> {
                 m.format_version,
                 m.env
             );
-            println!("  image {}x{}, {} tokens x {} + proprio emb {}, num_hist {}, frameskip {}, action {}x{}",
-                m.image_size, m.image_size, m.num_patches, m.visual_dim, m.proprio_emb_dim, m.num_hist, m.frameskip, m.action_dim, m.frameskip);
+            println!("  image {}x{}, {} tokens x {} + proprio emb {}{}, num_hist {}, frameskip {}, action {}x{}",
+                m.image_size, m.image_size, m.num_patches, m.visual_dim, m.proprio_emb_dim,
+                if m.proprio_tokens > 1 { format!(" per token (x{})", m.proprio_tokens) } else { String::new() },
+                m.num_hist, m.frameskip, m.action_dim, m.frameskip);
             for (role, g) in [
                 ("encoder", &m.graphs.encoder),
                 ("predictor", &m.graphs.predictor),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub struct Latent {
     /// `num_patches * visual_dim` values.
     pub visual: Vec<f32>,
-    /// `proprio_emb_dim` values.
+    /// `proprio_tokens x proprio_emb_dim` values (see [`Manifest::proprio_len`]).
     pub proprio: Vec<f32>,
 }
 
@@ -27,7 +27,7 @@ pub struct BatchLatents {
     pub batch: usize,
     /// `[batch, num_patches * visual_dim]`.
     pub visual: Vec<f32>,
-    /// `[batch, proprio_emb_dim]`.
+    /// `[batch, proprio_tokens x proprio_emb_dim]`.
     pub proprio: Vec<f32>,
 }
 
@@ -276,7 +276,7 @@ impl WorldModel {
         self.timers.encode += t0.elapsed();
         self.absorb_taps(0, &mut out);
         let m = &self.manifest;
-        let (vl, el) = (self.visual_len(), m.proprio_emb_dim);
+        let (vl, el) = (self.visual_len(), m.proprio_len());
         check_outputs("encoder", &out, &[b * vl, b * el])?;
         Ok((0..b)
             .map(|i| Latent {
@@ -306,7 +306,7 @@ impl WorldModel {
             m.num_hist,
             m.model_action_dim(),
             self.visual_len(),
-            m.proprio_emb_dim,
+            m.proprio_len(),
         );
         let (n_patches, v_dim) = (m.num_patches, m.visual_dim);
         if history.is_empty() || past_actions.len() + 1 != history.len() {
@@ -406,14 +406,19 @@ impl WorldModel {
     }
 
     /// DINO-WM's "last" objective per candidate: MSE over visual tokens + alpha x MSE over the
-    /// proprio embedding. Non-finite predictions score +inf (ranked last).
+    /// proprio embedding (token 0's when every token carries one, as in DINO-WM). Non-finite
+    /// predictions score +inf (ranked last).
     pub fn objective(&self, pred: &BatchLatents, goal: &Latent) -> Vec<f32> {
-        let (vl, el) = (self.visual_len(), self.manifest.proprio_emb_dim);
+        let (vl, stride, el) = (
+            self.visual_len(),
+            self.manifest.proprio_len(),
+            self.manifest.proprio_emb_dim,
+        );
         let alpha = self.manifest.objective.alpha as f64;
         (0..pred.batch)
             .map(|c| {
                 let v = &pred.visual[c * vl..(c + 1) * vl];
-                let p = &pred.proprio[c * el..(c + 1) * el];
+                let p = &pred.proprio[c * stride..c * stride + el];
                 let mv: f64 = v
                     .iter()
                     .zip(&goal.visual)
@@ -422,7 +427,7 @@ impl WorldModel {
                     / vl as f64;
                 let mp: f64 = p
                     .iter()
-                    .zip(&goal.proprio)
+                    .zip(&goal.proprio[..el])
                     .map(|(a, b)| ((a - b) as f64).powi(2))
                     .sum::<f64>()
                     / el as f64;

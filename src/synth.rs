@@ -622,6 +622,7 @@ pub fn write_bundle(a: &Arch, out: &Path, seed: u64, like: Option<&Manifest>) ->
         num_patches: a.num_patches(),
         visual_dim: a.enc_dim,
         proprio_emb_dim: a.emb_dim,
+        proprio_tokens: 1,
         objective: ObjectiveSpec {
             mode: "last".into(),
             alpha: 1.0,

@@ -274,8 +274,23 @@ fn profile_reads_onnx_runtime_kernel_times() {
             "{o}"
         );
     }
-    assert!(ops[1]["top_nodes"][0]["name"]
-        .as_str()
-        .unwrap()
-        .contains("/blocks."));
+    // Node names are the ONNX graph's (the transformer blocks'). Which single node is slowest
+    // varies on a busy machine, so look among the top nodes.
+    let top = ops[1]["top_nodes"].as_array().unwrap();
+    assert!(
+        top.iter()
+            .any(|n| n["name"].as_str().unwrap().contains("/blocks.")),
+        "{top:?}"
+    );
+}
+
+/// The bundle exported from a DINO-WM checkpoint (tests/data/dinowm_tiny) matches DINO-WM's
+/// PyTorch outputs on ONNX Runtime too: encoder, predictor and the 5-step rollout.
+#[test]
+fn exported_dinowm_bundle_matches_pytorch_on_ort() {
+    let b = Bundle::open(&root().join("tests/data/dinowm_tiny")).unwrap();
+    let ort = make_backend("ort").unwrap();
+    let r = qwm::verify::verify(&b, ort.as_ref(), 2).unwrap();
+    assert_eq!(r.checks.len(), 6);
+    assert!(r.pass(), "{r:?}");
 }
