@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::time::Instant;
 
 /// What to time.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct BenchConfig {
     /// Graph role: "encoder" or "predictor".
     pub graph: String,
@@ -32,7 +32,7 @@ pub struct BenchConfig {
 }
 
 /// Timings of one graph on one backend.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct BenchResult {
     /// Backend name.
     pub backend: String,
@@ -50,6 +50,29 @@ pub struct BenchResult {
     pub mean_ms: f64,
     /// Batch items per second at the mean.
     pub items_per_s: f64,
+    /// Process RSS before the graph was loaded (the bundle already mapped and checked), bytes.
+    pub rss_before_load: u64,
+    /// Process RSS after loading (before any call), bytes.
+    pub rss_after_load: u64,
+    /// Peak RSS (VmHWM) up to the end of loading, bytes.
+    pub peak_rss_load: u64,
+    /// Peak RSS (VmHWM) at the end of the timed calls, bytes.
+    pub peak_rss_run: u64,
+    /// Rust heap held after loading (tract's weights and plans; ONNX Runtime allocates outside
+    /// it), bytes.
+    pub heap_after_load: u64,
+}
+
+impl BenchResult {
+    /// What loading the graph kept resident: RSS after load minus RSS before it.
+    pub fn resident_bytes(&self) -> u64 {
+        self.rss_after_load.saturating_sub(self.rss_before_load)
+    }
+
+    /// How far RSS rose above its level before loading, at its peak during loading.
+    pub fn load_peak_bytes(&self) -> u64 {
+        self.peak_rss_load.saturating_sub(self.rss_before_load)
+    }
 }
 
 /// Seeded standard-normal inputs of a graph's shapes at `batch`.
@@ -98,6 +121,8 @@ pub fn bench_graph(
             "--batch and --iters must be at least 1".into(),
         ));
     }
+    let rss_before_load = crate::profile::rss_bytes();
+    let heap_before = crate::mem::current_bytes();
     let t0 = Instant::now();
     let session = backend.load(
         graph,
@@ -105,6 +130,11 @@ pub fn bench_graph(
             threads: cfg.threads,
         },
     )?;
+    let (rss_after_load, peak_rss_load) = (
+        crate::profile::rss_bytes(),
+        crate::profile::peak_rss_bytes(),
+    );
+    let heap_after_load = crate::mem::current_bytes().saturating_sub(heap_before) as u64;
     let inputs = random_inputs(graph, cfg.batch, cfg.seed);
     let refs: Vec<(&str, TensorRef<'_>)> = inputs
         .iter()
@@ -141,6 +171,11 @@ pub fn bench_graph(
         mean_ms,
         items_per_s: cfg.batch as f64 / (mean_ms / 1e3),
         call_ms,
+        rss_before_load,
+        rss_after_load,
+        peak_rss_load,
+        peak_rss_run: crate::profile::peak_rss_bytes(),
+        heap_after_load,
     })
 }
 

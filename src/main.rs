@@ -54,7 +54,8 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Post-training quantization of a float bundle into a new bundle (QDQ "simulate" form).
+    /// Post-training quantization of a float bundle into a new bundle (QDQ "simulate" form, or
+    /// the "deploy" form on integer / packed operators).
     #[command(allow_negative_numbers = true)]
     Quantize {
         /// Float bundle.
@@ -72,7 +73,9 @@ enum Cmd {
         /// Predictor scheme: float or w<bits>[a<bits>][-g<size>][-token].
         #[arg(long, default_value = "float")]
         predictor: String,
-        /// Form: simulate (faithful QDQ). `deploy` is not available yet.
+        /// Form: `simulate` (faithful QDQ fake quantization: measures accuracy) or `deploy` (the
+        /// same function on integer / packed operators: w4-g16..128 as com.microsoft MatMulNBits,
+        /// w8a8 static as MatMulInteger; other schemes are refused).
         #[arg(long, default_value = "simulate")]
         form: String,
         /// Calibration episodes (task seeds 99 n + 2, distinct from evaluation seeds 99 n + 1).
@@ -162,12 +165,17 @@ enum Cmd {
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
 struct BenchArgs {
-    /// Bundle folder.
+    /// Bundle folder. Repeat it to compare bundles side by side (e.g. the float model, its
+    /// simulate form and its deploy form): each graph of each bundle is timed in a fresh qwm
+    /// process (so peak RSS is its own), and a table gives ratios against the first bundle.
     #[arg(long, default_value = "models/wall")]
-    model: PathBuf,
-    /// Graph to time: predictor or encoder.
-    #[arg(long, default_value = "predictor")]
-    graph: String,
+    model: Vec<PathBuf>,
+    /// Graph to time: predictor, encoder, or both (default: predictor; both when comparing).
+    #[arg(long)]
+    graph: Option<String>,
+    /// Batch of encoder calls when comparing (frames per call; MPC encodes one per step).
+    #[arg(long, default_value_t = 1)]
+    encoder_batch: usize,
     /// Batch size (CEM candidates per predictor call; DINO-WM's Wall budget is 300).
     #[arg(long, default_value_t = 300)]
     batch: usize,
@@ -463,9 +471,7 @@ fn run(cli: Cli) -> Result<()> {
             smooth_alpha,
             threads,
         } => {
-            if form != "simulate" {
-                bail!("--form {form}: only 'simulate' is available in this version");
-            }
+            let form = qwm::quant::Form::parse(&form)?;
             let cfg = qwm::quant::QuantizeConfig {
                 model: model.clone(),
                 out: out.clone(),
@@ -483,6 +489,7 @@ fn run(cli: Cli) -> Result<()> {
                             .unwrap_or(1)
                     })
                     .max(1),
+                form,
                 layer_schemes: Default::default(),
             };
             let t0 = Instant::now();
@@ -625,7 +632,7 @@ fn run(cli: Cli) -> Result<()> {
                     packed += l["weight_bytes_packed"].as_u64().unwrap_or(0);
                     float += l["weight_bytes_float"].as_u64().unwrap_or(0);
                     println!(
-                        "    {:<32} {:>4}x{:<4} w{} {:<9} scales [{:.2e}, {:.2e}] act {}",
+                        "    {:<32} {:>4}x{:<4} w{} {:<9} scales [{:.2e}, {:.2e}] act {}{}",
                         l["node"].as_str().unwrap_or("?"),
                         l["shape"][0],
                         l["shape"][1],
@@ -637,10 +644,23 @@ fn run(cli: Cli) -> Result<()> {
                         l["scale_range"][0].as_f64().unwrap_or(f64::NAN),
                         l["scale_range"][1].as_f64().unwrap_or(f64::NAN),
                         l["activation"],
+                        l["lowering"]
+                            .as_str()
+                            .map(|o| format!(" -> {o}"))
+                            .unwrap_or_default(),
                     );
                 }
                 if float > 0 {
-                    println!("    quantized Linear weights: {} packed vs {} float (resident in tract: float, simulate form)", qwm::profile::fmt_bytes(packed), qwm::profile::fmt_bytes(float));
+                    let note = if q["form"] == "deploy" {
+                        "deploy form: integer / packed operators"
+                    } else {
+                        "simulate form: weights expanded to float when loaded"
+                    };
+                    println!(
+                        "    quantized Linear weights: {} packed vs {} float ({note})",
+                        qwm::profile::fmt_bytes(packed),
+                        qwm::profile::fmt_bytes(float)
+                    );
                 }
             }
             Ok(())
@@ -718,6 +738,167 @@ fn resolve_run_settings(
     Ok((threads, backend, limit))
 }
 
+/// One row of `qwm bench --model A --model B ...`.
+#[derive(serde::Serialize)]
+struct CompareRow {
+    model: PathBuf,
+    form: String,
+    predictor: Option<qwm::bench::BenchResult>,
+    encoder: Option<qwm::bench::BenchResult>,
+}
+
+fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> {
+    let graphs: Vec<&str> = match args.graph.as_deref() {
+        None | Some("both") => vec!["predictor", "encoder"],
+        Some(g @ ("predictor" | "encoder")) => vec![g],
+        Some(other) => bail!("--graph {other}: expected predictor, encoder or both"),
+    };
+    let exe = std::env::current_exe().context("locating the qwm executable")?;
+    let tmp = std::env::temp_dir().join(format!("qwm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut rows = vec![];
+    for model in &args.model {
+        let b = Bundle::open(model)?;
+        let q = &b.manifest.quantization;
+        let desc = |m: &str| {
+            let scheme = q[m]["scheme"].as_str().unwrap_or("float");
+            match q[m]["form"].as_str() {
+                Some(f) if scheme != "float" => format!("{scheme} {f}"),
+                _ => scheme.to_string(),
+            }
+        };
+        let (e, p) = (desc("encoder"), desc("predictor"));
+        let form = if e == p {
+            e
+        } else {
+            format!("enc {e} / pred {p}")
+        };
+        let mut row = CompareRow {
+            model: model.clone(),
+            form,
+            predictor: None,
+            encoder: None,
+        };
+        for g in &graphs {
+            let json = tmp.join(format!("{g}.json"));
+            let batch = if *g == "encoder" {
+                args.encoder_batch
+            } else {
+                args.batch
+            };
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("bench").arg("--model").arg(model);
+            cmd.args(["--graph", g, "--backend", backend]);
+            cmd.args([
+                "--batch",
+                &batch.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ]);
+            cmd.args(["--iters", &args.iters.to_string()]);
+            cmd.args(["--warmup", &args.warmup.to_string()]);
+            cmd.args(["--seed", &args.seed.to_string()]);
+            cmd.arg("--json").arg(&json);
+            if let Some(l) = &args.ort_lib {
+                cmd.arg("--ort-lib").arg(l);
+            }
+            let out = cmd.output().context("running qwm bench")?;
+            if !out.status.success() {
+                bail!(
+                    "{} {g}: {}",
+                    model.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+            let r: qwm::bench::BenchResult = serde_json::from_value(v["qwm"].clone())?;
+            eprintln!("  {} {g}: {:.1} items/s", model.display(), r.items_per_s);
+            if *g == "encoder" {
+                row.encoder = Some(r);
+            } else {
+                row.predictor = Some(r);
+            }
+        }
+        rows.push(row);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "qwm bench on {backend} ({threads} threads): predictor batch {}, encoder batch {}, {} calls each; x = ratio to the first bundle",
+        args.batch, args.encoder_batch, args.iters
+    );
+    println!(
+        "{:<28} {:<22} {:>16} {:>14} {:>8} {:>15} {:>15} {:>15}",
+        "bundle",
+        "form",
+        "predictor cand/s",
+        "encoder fr/s",
+        "load s",
+        "resident",
+        "load peak",
+        "peak RSS run"
+    );
+    let base = &rows[0];
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "-".into()
+        }
+    };
+    for r in &rows {
+        let name = r.model.display().to_string();
+        let name = if name.len() > 28 {
+            format!("..{}", &name[name.len() - 26..])
+        } else {
+            name
+        };
+        let thr =
+            |x: &Option<qwm::bench::BenchResult>, b: &Option<qwm::bench::BenchResult>| match (x, b)
+            {
+                (Some(x), Some(b)) => format!(
+                    "{:.1} {}",
+                    x.items_per_s,
+                    ratio(x.items_per_s, b.items_per_s)
+                ),
+                _ => "-".into(),
+            };
+        // Memory and load time of the predictor process (else the encoder's).
+        let m = r.predictor.as_ref().or(r.encoder.as_ref());
+        let mb = base.predictor.as_ref().or(base.encoder.as_ref());
+        let (load, res, pl, pr) = match (m, mb) {
+            (Some(m), Some(b)) => (
+                format!("{:.3}", m.load_s),
+                format!(
+                    "{} {}",
+                    qwm::profile::fmt_bytes(m.resident_bytes()),
+                    ratio(m.resident_bytes() as f64, b.resident_bytes() as f64)
+                ),
+                qwm::profile::fmt_bytes(m.load_peak_bytes()),
+                qwm::profile::fmt_bytes(m.peak_rss_run),
+            ),
+            _ => Default::default(),
+        };
+        println!(
+            "{:<28} {:<22} {:>16} {:>14} {:>8} {:>15} {:>15} {:>15}",
+            name,
+            r.form,
+            thr(&r.predictor, &base.predictor),
+            thr(&r.encoder, &base.encoder),
+            load,
+            res,
+            pl,
+            pr
+        );
+    }
+    println!("resident = RSS after loading the predictor minus RSS before (what the backend keeps: weights, prepacked or packed, and plans);");
+    println!("load peak = peak RSS while loading minus RSS before; peak RSS run = the process's VmHWM after the timed calls (the mapped bundle included)");
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn bench(args: BenchArgs) -> Result<()> {
     let (threads, backend_name, _) = resolve_run_settings(
         args.threads,
@@ -725,10 +906,19 @@ fn bench(args: BenchArgs) -> Result<()> {
         args.target.as_deref(),
         args.mem_limit.as_deref(),
     )?;
-    let bundle = Bundle::open(&args.model)?;
+    if args.model.len() > 1 || args.graph.as_deref() == Some("both") {
+        return bench_compare(&args, threads, &backend_name);
+    }
+    let model = args.model[0].clone();
+    let graph = args.graph.clone().unwrap_or_else(|| "predictor".into());
+    let args = BenchArgs {
+        graph: Some(graph.clone()),
+        ..args
+    };
+    let bundle = Bundle::open(&model)?;
     let backend = make_backend_with(&backend_name, args.ort_lib.as_deref())?;
     let cfg = qwm::bench::BenchConfig {
-        graph: args.graph.clone(),
+        graph: graph.clone(),
         batch: args.batch,
         threads,
         iters: args.iters,
@@ -738,8 +928,8 @@ fn bench(args: BenchArgs) -> Result<()> {
     let r = qwm::bench::bench_graph(&bundle, backend.as_ref(), &cfg)?;
     println!(
         "qwm bench: {} {} on {} ({threads} threads), batch {}, {} calls",
-        args.model.display(),
-        args.graph,
+        model.display(),
+        graph,
         r.backend,
         args.batch,
         args.iters
@@ -752,7 +942,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     println!("  throughput         {:.0} items/s", r.items_per_s);
     let mut py = None;
     if args.vs_python {
-        let spec = if args.graph == "encoder" {
+        let spec = if graph == "encoder" {
             &bundle.manifest.graphs.encoder
         } else {
             &bundle.manifest.graphs.predictor
@@ -760,7 +950,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         let p = qwm::bench::bench_python(
             &args.python,
             &args.python_script,
-            &args.model.join(&spec.file),
+            &model.join(&spec.file),
             &cfg,
         )?;
         println!(
@@ -1276,6 +1466,7 @@ fn fit(args: FitArgs) -> Result<()> {
         calib_samples: 16,
         smooth_alpha: 0.5,
         threads,
+        form: Default::default(),
         layer_schemes: layers,
     };
     let float = qwm::quant::scheme::Scheme::FLOAT;

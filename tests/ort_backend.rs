@@ -80,6 +80,7 @@ fn quantized_forms_agree_across_backends() {
             calib_samples: 16,
             smooth_alpha: 0.5,
             threads: 1,
+            form: Default::default(),
             layer_schemes: Default::default(),
         };
         quantize_bundle(&cfg, tract.as_ref()).unwrap();

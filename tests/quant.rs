@@ -132,6 +132,7 @@ fn cfg(
         calib_samples: 16,
         smooth_alpha: 0.5,
         threads: 1,
+        form: Default::default(),
         layer_schemes: Default::default(),
     }
 }
@@ -264,6 +265,26 @@ fn one_linear(k: usize, n: usize, w: &[f32]) -> pb::ModelProto {
 }
 
 fn run_graph(m: &pb::ModelProto, x: &[f32], b: usize, k: usize, n: usize) -> Vec<f32> {
+    run_graph_on("tract", m, x, b, k, n)
+}
+
+/// The backends this build has (ONNX Runtime with the `ort` feature).
+fn backends() -> Vec<&'static str> {
+    let mut v = vec!["tract"];
+    if cfg!(feature = "ort") {
+        v.push("ort");
+    }
+    v
+}
+
+fn run_graph_on(
+    backend: &str,
+    m: &pb::ModelProto,
+    x: &[f32],
+    b: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("g.onnx");
     std::fs::write(&p, m.encode_to_vec()).unwrap();
@@ -286,7 +307,7 @@ fn run_graph(m: &pb::ModelProto, x: &[f32], b: usize, k: usize, n: usize) -> Vec
         spec,
         bytes: std::sync::Arc::new(unsafe { memmap2::Mmap::map(&f).unwrap() }),
     };
-    let s = make_backend("tract")
+    let s = make_backend(backend)
         .unwrap()
         .load(&g, &LoadOptions::default())
         .unwrap();
@@ -402,6 +423,170 @@ fn quantized_linear_layer_in_tract_matches_the_reference() {
             assert!(e <= TOL, "w{bits} {group:?} act {act:?}: rel err {e}");
         }
     }
+}
+
+/// Round to the nearest f16 value (normal range, ties to even), in f64.
+fn f16_round(v: f64) -> f64 {
+    if v == 0.0 {
+        return 0.0;
+    }
+    let ulp = 2f64.powi(v.abs().log2().floor() as i32 - 10);
+    (v / ulp).round_ties_even() * ulp
+}
+
+/// The deploy form's operators compute the study's semantics: MatMulNBits (4-bit blocks, K not a
+/// multiple of the block too) and uint8 QuantizeLinear + MatMulInteger + per-column rescale,
+/// against the float64 reference, on every backend of this build.
+#[test]
+fn deploy_lowerings_match_the_reference_on_every_backend() {
+    use qwm::quant::deploy;
+    /// Tolerance on max |backend - reference| / max |reference|.
+    const TOL: f64 = 1e-4;
+    let b = 3usize;
+    for (k, n, group) in [(40usize, 10usize, 16usize), (64, 12, 32), (96, 8, 32)] {
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 7919 % 101) as f32 / 50.0 - 1.0) * 0.3 * (1.0 + (i % n) as f32))
+            .collect();
+        let x: Vec<f32> = (0..b * 3 * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 498.5 - 1.0) * 2.0 + 0.3)
+            .collect();
+        let layer = LinearLayer {
+            node: "fc/MatMul".into(),
+            weight: "W".into(),
+            input: "x".into(),
+            k,
+            n,
+        };
+        let xref: Vec<f64> = x.iter().map(|v| *v as f64).collect();
+        // MatMulNBits.
+        let mut m = one_linear(k, n, &w);
+        let q = quantize_matrix(&w, k, n, 4, Some(group), Observer::Rtn).unwrap();
+        deploy::lower_nbits(&mut m, &layer, &q).unwrap();
+        assert!(m
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .any(|nd| nd.op_type == "MatMulNBits"));
+        let (wref, steps) = ref_dequant(&w, k, n, 4, Some(group), false);
+        // tract keeps block-32 weights with K % 32 == 0 packed as ggml Q4_0, whose block scales
+        // are f16: its reference rounds the scales to half precision (and nothing else).
+        let q4_0 = group == 32 && k % 32 == 0;
+        let wref16: Vec<f64> = wref
+            .iter()
+            .zip(&steps)
+            .map(|(v, s)| (v / s).round() * f16_round(*s))
+            .collect();
+        for be in backends() {
+            let wr = if be == "tract" && q4_0 {
+                &wref16
+            } else {
+                &wref
+            };
+            let want: Vec<f32> = ref_matmul(&xref, wr, b * 3, k, n)
+                .iter()
+                .map(|v| *v as f32)
+                .collect();
+            let e = rel_err(&run_graph_on(be, &m, &x, b, k, n), &want);
+            assert!(
+                e <= TOL,
+                "{be} MatMulNBits k {k} group {group}: rel err {e}"
+            );
+        }
+        // uint8 activations x per-channel int8 weights (scales differ per column by design).
+        let mut m = one_linear(k, n, &w);
+        let q = quantize_matrix(&w, k, n, 8, None, Observer::Rtn).unwrap();
+        let (lo, hi) = x
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, c), v| {
+                (a.min(*v as f64), c.max(*v as f64))
+            });
+        let (scale, zp) = qonnx::act_params(lo, hi, 8);
+        deploy::lower_int8(&mut m, &layer, &q, scale, zp).unwrap();
+        let (wref, _) = ref_dequant(&w, k, n, 8, None, false);
+        let want: Vec<f32> =
+            ref_matmul(&ref_act(&x, scale as f64, zp as f64, 8), &wref, b * 3, k, n)
+                .iter()
+                .map(|v| *v as f32)
+                .collect();
+        for be in backends() {
+            let e = rel_err(&run_graph_on(be, &m, &x, b, k, n), &want);
+            assert!(e <= TOL, "{be} MatMulInteger k {k}: rel err {e}");
+        }
+    }
+}
+
+/// `qwm quantize --form deploy` writes the lowered operators, records them in the manifest, and
+/// gives the simulate form's outputs on the shipped model (the same function).
+#[test]
+fn deploy_form_bundles_match_the_simulate_form() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Tolerance on max |deploy - simulate| / max |simulate| of the predictor's outputs: 1e-4,
+    // except tract's Q4_0 4-bit path, whose f16 block scales (relative rounding <= 2^-11) move
+    // outputs by up to ~1e-3.
+    for (scheme, op) in [("w4-g32", "MatMulNBits"), ("w8a8", "MatMulInteger")] {
+        let mut outs = vec![];
+        for form in [qwm::quant::Form::Simulate, qwm::quant::Form::Deploy] {
+            let out = tmp.path().join(format!("{scheme}-{}", form.name()));
+            let mut c = cfg(&wall(), &out, Method::Rtn, scheme, scheme);
+            c.form = form;
+            quantize_bundle(&c, make_backend("tract").unwrap().as_ref()).unwrap();
+            let b = Bundle::open(&out).unwrap();
+            let q = &b.manifest.quantization["predictor"];
+            assert_eq!(q["form"], form.name());
+            let lowered = q["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| l["lowering"] == op)
+                .count();
+            assert_eq!(
+                lowered > 0,
+                form == qwm::quant::Form::Deploy,
+                "{scheme} {form:?}"
+            );
+            let ops = std::fs::read(out.join("predictor.onnx")).unwrap();
+            let has_op = String::from_utf8_lossy(&ops).contains(op);
+            assert_eq!(has_op, form == qwm::quant::Form::Deploy);
+            for be in backends() {
+                let s = make_backend(be)
+                    .unwrap()
+                    .load(&b.predictor, &LoadOptions { threads: 1 })
+                    .unwrap();
+                outs.push((be, form, run_predictor_fixture(&wall(), s.as_ref())));
+            }
+        }
+        for be in backends() {
+            let get = |f| {
+                &outs
+                    .iter()
+                    .find(|(b, ff, _)| *b == be && *ff == f)
+                    .unwrap()
+                    .2
+            };
+            let (sim, dep) = (
+                get(qwm::quant::Form::Simulate),
+                get(qwm::quant::Form::Deploy),
+            );
+            let tol = if be == "tract" && op == "MatMulNBits" {
+                1e-3
+            } else {
+                1e-4
+            };
+            for (a, b) in dep.iter().zip(sim) {
+                let e = rel_err(&a.data, &b.data);
+                assert!(e <= tol, "{be} {scheme}: deploy vs simulate rel err {e}");
+            }
+        }
+    }
+    // Schemes without a deploy form are refused by name.
+    let mut c = cfg(&wall(), &tmp.path().join("w3"), Method::Rtn, "float", "w3");
+    c.form = qwm::quant::Form::Deploy;
+    let e = quantize_bundle(&c, make_backend("tract").unwrap().as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("w3 has no deploy form"), "{e}");
 }
 
 #[test]
@@ -555,4 +740,72 @@ fn quantize_refuses_bad_requests_clearly() {
     .unwrap()
     .to_string();
     assert!(e.contains("already quantized"), "{e}");
+}
+
+/// `qwm bench` with several bundles times each graph of each in its own process and reports
+/// throughput, load time and memory side by side, with ratios to the first bundle.
+#[test]
+fn bench_compares_float_simulate_and_deploy_forms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dirs = vec![wall()];
+    for form in [qwm::quant::Form::Simulate, qwm::quant::Form::Deploy] {
+        let out = tmp.path().join(form.name());
+        let mut c = cfg(&wall(), &out, Method::Rtn, "w4-g32", "w4-g32");
+        c.form = form;
+        quantize_bundle(&c, make_backend("tract").unwrap().as_ref()).unwrap();
+        dirs.push(out);
+    }
+    let json = tmp.path().join("bench.json");
+    let mut args: Vec<String> = vec!["bench".into()];
+    for d in &dirs {
+        args.push("--model".into());
+        args.push(d.display().to_string());
+    }
+    for a in [
+        "--batch",
+        "8",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+    ] {
+        args.push(a.into());
+    }
+    args.push(json.display().to_string());
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let (ok, out, err) = run_qwm(&refs);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("w4-g32 deploy") && out.contains("w4-g32 simulate"),
+        "{out}"
+    );
+    assert!(out.contains("1.00x"), "{out}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        for g in ["predictor", "encoder"] {
+            let b = &r[g];
+            assert!(b["items_per_s"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(
+                b["rss_after_load"].as_u64().unwrap() >= b["rss_before_load"].as_u64().unwrap()
+            );
+            assert!(b["peak_rss_run"].as_u64().unwrap() >= b["peak_rss_load"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(rows[0]["predictor"]["config"]["batch"], 8);
+    assert_eq!(rows[0]["encoder"]["config"]["batch"], 1);
+    // A bad bundle in the list names itself.
+    let (ok, _, err) = run_qwm(&[
+        "bench",
+        "--model",
+        "models/wall",
+        "--model",
+        "no/such/bundle",
+    ]);
+    assert!(!ok && err.contains("no/such/bundle"), "{err}");
 }

@@ -6,6 +6,7 @@
 //! proprio encoders stay float, as in the study.
 
 pub mod calib;
+pub mod deploy;
 pub mod fit;
 pub mod onnx;
 pub mod scheme;
@@ -40,6 +41,39 @@ pub enum Method {
     Gptq,
 }
 
+/// The graph form `qwm quantize` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// QuantizeLinear/DequantizeLinear around float matmuls: measures accuracy, runs at float
+    /// speed (or slower).
+    #[default]
+    Simulate,
+    /// The same function on integer / packed low-bit operators (see [`deploy`]).
+    Deploy,
+}
+
+impl Form {
+    /// Parse `simulate` or `deploy`.
+    pub fn parse(s: &str) -> Result<Form> {
+        match s {
+            "simulate" => Ok(Form::Simulate),
+            "deploy" => Ok(Form::Deploy),
+            other => Err(QwmError::Usage(format!(
+                "--form {other}: expected simulate or deploy"
+            ))),
+        }
+    }
+
+    /// The name written into manifests.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Form::Simulate => "simulate",
+            Form::Deploy => "deploy",
+        }
+    }
+}
+
 /// What `qwm quantize` needs.
 #[derive(Clone, Debug, Serialize)]
 pub struct QuantizeConfig {
@@ -63,6 +97,8 @@ pub struct QuantizeConfig {
     pub smooth_alpha: f32,
     /// Threads.
     pub threads: usize,
+    /// Graph form written: QDQ fake quantization, or integer / packed operators.
+    pub form: Form,
     /// Per-layer schemes overriding the module's, keyed `module:node` (e.g.
     /// `predictor:/blocks.0/fc1/MatMul`); `float` leaves a layer unquantized. Used by `qwm fit`.
     pub layer_schemes: std::collections::BTreeMap<String, Scheme>,
@@ -110,6 +146,9 @@ pub struct LayerRecord {
     pub input_range: Option<[f64; 2]>,
     /// SmoothQuant / AWQ channel migration: where it was folded, and the chosen alpha.
     pub migration: Option<(String, f32)>,
+    /// The operator the layer runs as in the deploy form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lowering: Option<deploy::Lowering>,
 }
 
 /// Per-module record.
@@ -119,7 +158,7 @@ pub struct ModuleRecord {
     pub scheme: String,
     /// Method.
     pub method: Method,
-    /// Form (`simulate`: QDQ fake quantization).
+    /// Form: `simulate` (QDQ fake quantization) or `deploy` (integer / packed operators).
     pub form: String,
     /// Layers.
     pub layers: Vec<LayerRecord>,
@@ -345,7 +384,19 @@ fn quantize_module(
                 [r[0].min(*s), r[1].max(*s)]
             });
         let packed = (k * n * wbits as usize).div_ceil(8) + 4 * q.scales.len();
-        onnx::rewrite_weight(proto, layer, &q)?;
+        let lowering = match cfg.form {
+            Form::Simulate => None,
+            Form::Deploy => Some(
+                deploy::lowering_for(scheme)
+                    .map_err(|e| QwmError::Usage(format!("{module} {}: {}", layer.node, rel(e))))?,
+            ),
+        };
+        match lowering {
+            None => onnx::rewrite_weight(proto, layer, &q)?,
+            Some(deploy::Lowering::MatMulNBits) => deploy::lower_nbits(proto, layer, &q)?,
+            // Lowered below, with the activation parameters.
+            Some(deploy::Lowering::MatMulInteger) => {}
+        }
         let (mut activation, mut input_range) = (None, None);
         if let Some(abits) = scheme.act_bits {
             let a = if scheme.per_token {
@@ -373,7 +424,15 @@ fn quantize_module(
                     zero_point,
                 }
             };
-            onnx::rewrite_activation(proto, &act_layer, a)?;
+            match (lowering, a) {
+                (
+                    Some(deploy::Lowering::MatMulInteger),
+                    ActQuant::Static {
+                        scale, zero_point, ..
+                    },
+                ) => deploy::lower_int8(proto, &act_layer, &q, scale, zero_point)?,
+                _ => onnx::rewrite_activation(proto, &act_layer, a)?,
+            }
             activation = Some(a);
         }
         records.push(LayerRecord {
@@ -387,6 +446,7 @@ fn quantize_module(
             activation,
             input_range,
             migration: folded,
+            lowering,
         });
     }
     Ok(ModuleRecord {
@@ -396,7 +456,7 @@ fn quantize_module(
             module_scheme.to_string()
         },
         method: cfg.method,
-        form: "simulate".into(),
+        form: cfg.form.name().into(),
         layers: records,
     })
 }
