@@ -140,6 +140,7 @@ impl OrtBackend {
         let session = builder
             .commit_from_memory(&graph.bytes[..])
             .map_err(|e| err(&name, format!("cannot load graph: {e}")))?;
+        crate::mem::release_free_memory();
         let s = OrtSession::new(name.clone(), session, graph);
         let data = crate::bench::random_inputs(graph, batch, 0);
         let refs: Vec<(&str, TensorRef<'_>)> = data
@@ -205,6 +206,7 @@ impl Backend for OrtBackend {
         let session = builder
             .commit_from_memory(&graph.bytes[..])
             .map_err(|e| err(&name, format!("cannot load graph: {e}")))?;
+        crate::mem::release_free_memory();
         let have_in: Vec<String> = session
             .inputs()
             .iter()

@@ -89,13 +89,15 @@ impl Backend for TractBackend {
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
         // A panic inside tract on a malformed graph becomes an error naming the graph.
         let name = graph.spec.file.clone();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_tract(graph, opts)))
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_tract(graph, opts)))
             .unwrap_or_else(|p| {
                 Err(err(
                     &name,
                     format!("tract panicked while loading: {}", panic_text(&p)),
                 ))
-            })
+            });
+        crate::mem::release_free_memory();
+        r
     }
 }
 
