@@ -166,6 +166,19 @@ pub fn parse_size(text: &str, flag: &str) -> Result<u64> {
     Ok(bytes as u64)
 }
 
+/// Hand freed heap pages back to the operating system (glibc's `malloc_trim`; a no-op
+/// elsewhere). Loading a graph decodes and copies its weights several times over; the copies are
+/// freed, but glibc keeps the pages, so without this the process stays ~2x the weights resident
+/// after loading (measured on the full-size predictor with tract: RSS +177 MiB for 80 MiB of
+/// weights before, see `qwm bench`).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused pages of the allocator's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,18 +194,5 @@ mod tests {
             let e = parse_size(bad, "--mem-limit").unwrap_err();
             assert!(e.to_string().contains("--mem-limit"), "{bad}: {e}");
         }
-    }
-}
-
-/// Hand freed heap pages back to the operating system (glibc's `malloc_trim`; a no-op
-/// elsewhere). Loading a graph decodes and copies its weights several times over; the copies are
-/// freed, but glibc keeps the pages, so without this the process stays ~2x the weights resident
-/// after loading (measured on the full-size predictor with tract: RSS +177 MiB for 80 MiB of
-/// weights before, see `qwm bench`).
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns unused pages of the allocator's arenas to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
