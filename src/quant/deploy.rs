@@ -82,6 +82,20 @@ fn take_matmul(g: &mut pb::GraphProto, layer: &LinearLayer) -> Result<usize> {
         .ok_or_else(|| QwmError::Usage(format!("MatMul node '{}' not found", layer.node)))
 }
 
+/// The rank of a tensor from the graph's declared inputs / value_info, when recorded (callers
+/// assume 3, `[batch, tokens, features]`, otherwise; a wrong guess fails loudly at load).
+fn tensor_rank(g: &pb::GraphProto, name: &str) -> Option<usize> {
+    g.input
+        .iter()
+        .chain(&g.value_info)
+        .chain(&g.output)
+        .find(|v| v.name == name)
+        .and_then(|v| {
+            let pb::type_proto::Value::TensorType(t) = v.r#type.as_ref()?.value.as_ref()?;
+            Some(t.shape.as_ref()?.dim.len())
+        })
+}
+
 fn ensure_ms_domain(m: &mut ModelProto) {
     if !m.opset_import.iter().any(|o| o.domain == "com.microsoft") {
         m.opset_import.push(OperatorSetIdProto {
@@ -144,13 +158,48 @@ pub fn lower_nbits(m: &mut ModelProto, layer: &LinearLayer, q: &QuantWeight) -> 
     g.initializer
         .push(f32_tensor(&sn, &[scales.len() as i64], &scales));
     let out = g.node[at].output[0].clone();
+    // Block 32 with K % 32 != 0 (DINO-WM's 404-wide predictor tokens): pad the input's last axis
+    // with zeros to whole blocks, so tract keeps the weight packed (Q4_0) instead of expanding it
+    // to f32; the padded weight rows are zero codes, so the product is unchanged.
+    let mut input = layer.input.clone();
+    let mut k_attr = q.k;
+    if b == 32 && q.k % b != 0 {
+        let rank = tensor_rank(g, &layer.input).unwrap_or(3);
+        let mut pads = vec![0i64; 2 * rank];
+        pads[2 * rank - 1] = (blocks * b - q.k) as i64;
+        let (pn, padded) = (format!("{w}_nbits_pads"), format!("{}_padded", layer.input));
+        g.initializer.push(TensorProto {
+            name: pn.clone(),
+            dims: vec![pads.len() as i64],
+            data_type: DataType::Int64 as i32,
+            raw_data: pads.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        g.node.insert(
+            at,
+            node(
+                "Pad",
+                &format!("{}_nbits_pad", layer.node),
+                &[&layer.input, &pn],
+                &[&padded],
+                vec![],
+            ),
+        );
+        input = padded;
+        k_attr = blocks * b;
+    }
+    let at = g
+        .node
+        .iter()
+        .position(|n| n.name == layer.node)
+        .expect("the MatMul is still there");
     let mut nb = node(
         "MatMulNBits",
         &format!("{}_nbits", layer.node),
-        &[&layer.input, &bn, &sn],
+        &[&input, &bn, &sn],
         &[&out],
         vec![
-            attr_i("K", q.k as i64),
+            attr_i("K", k_attr as i64),
             attr_i("N", q.n as i64),
             attr_i("bits", 4),
             attr_i("block_size", b as i64),
