@@ -51,6 +51,73 @@ pub struct Dataset {
     pub layout: Array2<f32>,
 }
 
+/// PointMaze data: the scripted corridor runs and random walks of
+/// [`PointMazeDataPolicy`](super::pointmaze::PointMazeDataPolicy) from uniform free starts at rest.
+fn generate_pointmaze(
+    episodes: usize,
+    steps: usize,
+    seed: u64,
+    image_size: usize,
+    speed_max: Option<f64>,
+) -> Result<Dataset> {
+    use super::pointmaze::{PointMazeDataPolicy, PointMazeEnv};
+    if speed_max.is_some() {
+        return Err(QwmError::Usage(
+            "dataset: --speed-max applies to wall only".into(),
+        ));
+    }
+    let s = image_size;
+    let mut frames = Array5::<u8>::zeros((episodes, steps + 1, s, s, 3));
+    let mut actions = Array3::<f32>::zeros((episodes, steps, 2));
+    let mut states = Array3::<f32>::zeros((episodes, steps + 1, 4));
+    let mut proprio = Array3::<f32>::zeros((episodes, steps + 1, 4));
+    let mut env = PointMazeEnv::new();
+    for e in 0..episodes {
+        let mut rng = ChaCha8Rng::seed_from_u64(episode_seed(seed, e));
+        let mut policy = PointMazeDataPolicy::new(&mut rng);
+        let start = env.random_free_position(&mut rng);
+        env.set(start, [0.0; 2]);
+        for t in 0..=steps {
+            let frame = env.render(s);
+            frames
+                .slice_mut(ndarray::s![e, t, .., .., ..])
+                .as_slice_mut()
+                .expect("standard layout")
+                .copy_from_slice(&frame.data);
+            for (k, v) in env.state().into_iter().enumerate() {
+                states[[e, t, k]] = v;
+            }
+            for (k, v) in env.proprio().into_iter().enumerate() {
+                proprio[[e, t, k]] = v;
+            }
+            if t < steps {
+                let a = policy.act(&mut rng, &env);
+                let a32 = [a[0] as f32, a[1] as f32];
+                actions[[e, t, 0]] = a32[0];
+                actions[[e, t, 1]] = a32[1];
+                env.step(&a32)?;
+            }
+        }
+    }
+    Ok(Dataset {
+        meta: DatasetMeta {
+            format_version: 1,
+            env: "pointmaze".into(),
+            episodes,
+            steps,
+            seed,
+            image_size,
+            action_dim: 2,
+            speed_max: None,
+        },
+        frames,
+        actions,
+        states,
+        proprio,
+        layout: Array2::<f32>::zeros((episodes, 0)),
+    })
+}
+
 /// Seed of episode `e` of a dataset generated with `seed` (independent streams per episode).
 pub fn episode_seed(seed: u64, e: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -84,10 +151,14 @@ pub fn generate(
             )));
         }
     }
-    if env_name != "wall" {
-        return Err(QwmError::Usage(format!(
-            "dataset: environment '{env_name}' has no data policy (known: wall)"
-        )));
+    match env_name {
+        "wall" => {}
+        "pointmaze" => return generate_pointmaze(episodes, steps, seed, image_size, speed_max),
+        _ => {
+            return Err(QwmError::Usage(format!(
+                "dataset: environment '{env_name}' has no data policy (known: wall, pointmaze)"
+            )))
+        }
     }
     let s = image_size;
     let mut frames = Array5::<u8>::zeros((episodes, steps + 1, s, s, 3));
@@ -259,6 +330,39 @@ mod tests {
             crossings >= 10,
             "only {crossings} door crossings in 60 episodes"
         );
+    }
+
+    #[test]
+    fn pointmaze_data_round_trips_and_moves_through_the_maze() {
+        let ds = generate("pointmaze", 4, 30, 2, 24, None).unwrap();
+        assert_eq!(ds.states.shape(), &[4, 31, 4]);
+        assert_eq!(ds.proprio.shape(), &[4, 31, 4]);
+        assert_eq!(ds.layout.shape(), &[4, 0]);
+        assert!(ds.actions.iter().all(|a| (-1.0..=1.0).contains(a)));
+        let dir = tempfile::tempdir().unwrap();
+        ds.write(dir.path()).unwrap();
+        assert_eq!(Dataset::read(dir.path()).unwrap(), ds);
+        // Replaying the actions from the recorded start reproduces the states.
+        use crate::env::pointmaze::PointMazeEnv;
+        let mut env = PointMazeEnv::new();
+        for e in 0..4 {
+            let s0 = ds.states.slice(ndarray::s![e, 0, ..]).to_vec();
+            env.set([s0[0] as f64, s0[1] as f64], [0.0, 0.0]);
+            for t in 0..30 {
+                let a = ds.actions.slice(ndarray::s![e, t, ..]).to_vec();
+                env.step(&a).unwrap();
+                // (the recorded start is f32, the simulation f64: equal to 1e-4)
+                let want = ds.states.slice(ndarray::s![e, t + 1, ..]).to_vec();
+                let got = env.state();
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4),
+                    "{got:?} {want:?}"
+                );
+            }
+        }
+        assert_eq!(generate("pointmaze", 4, 30, 2, 24, None).unwrap(), ds);
+        assert!(generate("pointmaze", 1, 3, 0, 16, Some(1.0)).is_err());
+        assert!(generate("pushr", 1, 3, 0, 16, None).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! render RGB frames (what a camera would give) and judge success against a goal state.
 
 pub mod dataset;
+pub mod pointmaze;
 pub mod render;
 pub mod wall;
 
@@ -66,12 +67,13 @@ pub trait Env: Send {
 }
 
 /// Names of the environments this build knows.
-pub const ENV_NAMES: &[&str] = &["wall"];
+pub const ENV_NAMES: &[&str] = &["wall", "pointmaze"];
 
 /// Build an environment by name.
 pub fn make_env(name: &str) -> Result<Box<dyn Env>> {
     match name {
         "wall" => Ok(Box::new(wall::WallEnv::new())),
+        "pointmaze" => Ok(Box::new(pointmaze::PointMazeEnv::new())),
         other => Err(QwmError::Usage(format!(
             "unknown environment '{other}' (--env): known environments are {}",
             ENV_NAMES.join(", ")
