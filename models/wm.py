@@ -5,7 +5,7 @@ Proprio encoder and action encoder: kernel-1 Conv1d (a per-step Linear) to 10 di
 Predictor: ViT over num_hist frames of tokens [visual | proprio emb | action emb] (DINO-WM's
 concat_dim=1), learned position embedding, frame-level block-causal mask, final LayerNorm.
 
-Exported graphs (see export in train_wall.py):
+Exported graphs (see export in train_wm.py):
   encoder.onnx   pixels [B,3,S,S] (normalized), proprio [B,P] (normalized) -> visual [B,N,D], proprio_emb [B,10]
   predictor.onnx visual [B,H,N,D], proprio_emb [B,H,10], action [B,H,A*frameskip] (normalized)
                  -> next_visual [B,N,D], next_proprio_emb [B,10]   (prediction for the frame after the last)

@@ -30,7 +30,7 @@ enum Cmd {
     /// Generate a trajectory dataset (.npy files) from an environment's scripted policy.
     #[command(allow_negative_numbers = true)]
     Dataset {
-        /// Environment: wall or pointmaze.
+        /// Environment: wall, pointmaze or pusht.
         #[arg(long, default_value = "wall")]
         env: String,
         /// Number of episodes.

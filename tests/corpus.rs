@@ -480,7 +480,7 @@ fn flag_cases() -> Vec<Case> {
         (&["--image-size", "100000"], "--image-size"),
         (&["--speed-max", "9"], "--speed-max"),
         (&["--speed-max", "0"], "--speed-max"),
-        (&["--env", "pointmaze"], "pointmaze"),
+        (&["--env", "rope"], "rope"),
     ] {
         let mut v = s(&[
             "dataset",

@@ -118,6 +118,72 @@ fn generate_pointmaze(
     })
 }
 
+/// PushT data: scripted pushes of [`PushTDataPolicy`](super::pusht::PushTDataPolicy) from the
+/// reference's random starts; actions are the relative actions the environment takes.
+fn generate_pusht(
+    episodes: usize,
+    steps: usize,
+    seed: u64,
+    image_size: usize,
+    speed_max: Option<f64>,
+) -> Result<Dataset> {
+    use super::pusht::{PushTDataPolicy, PushTEnv};
+    if speed_max.is_some() {
+        return Err(QwmError::Usage(
+            "dataset: --speed-max applies to wall only".into(),
+        ));
+    }
+    let s = image_size;
+    let mut frames = Array5::<u8>::zeros((episodes, steps + 1, s, s, 3));
+    let mut actions = Array3::<f32>::zeros((episodes, steps, 2));
+    let mut states = Array3::<f32>::zeros((episodes, steps + 1, 7));
+    let mut proprio = Array3::<f32>::zeros((episodes, steps + 1, 4));
+    let mut env = PushTEnv::new();
+    for e in 0..episodes {
+        let mut rng = ChaCha8Rng::seed_from_u64(episode_seed(seed, e));
+        let mut policy = PushTDataPolicy::new(&mut rng);
+        env.set_state(&PushTEnv::random_state(&mut rng));
+        for t in 0..=steps {
+            let frame = env.render(s);
+            frames
+                .slice_mut(ndarray::s![e, t, .., .., ..])
+                .as_slice_mut()
+                .expect("standard layout")
+                .copy_from_slice(&frame.data);
+            let st = env.state_array();
+            for (k, v) in st.iter().enumerate() {
+                states[[e, t, k]] = *v;
+            }
+            for (k, v) in env.proprio().into_iter().enumerate() {
+                proprio[[e, t, k]] = v;
+            }
+            if t < steps {
+                let a = policy.act(&mut rng, &st);
+                actions[[e, t, 0]] = a[0];
+                actions[[e, t, 1]] = a[1];
+                env.step(&a)?;
+            }
+        }
+    }
+    Ok(Dataset {
+        meta: DatasetMeta {
+            format_version: 1,
+            env: "pusht".into(),
+            episodes,
+            steps,
+            seed,
+            image_size,
+            action_dim: 2,
+            speed_max: None,
+        },
+        frames,
+        actions,
+        states,
+        proprio,
+        layout: Array2::<f32>::zeros((episodes, 0)),
+    })
+}
+
 /// Seed of episode `e` of a dataset generated with `seed` (independent streams per episode).
 pub fn episode_seed(seed: u64, e: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -154,10 +220,11 @@ pub fn generate(
     match env_name {
         "wall" => {}
         "pointmaze" => return generate_pointmaze(episodes, steps, seed, image_size, speed_max),
+        "pusht" => return generate_pusht(episodes, steps, seed, image_size, speed_max),
         _ => {
             return Err(QwmError::Usage(format!(
-                "dataset: environment '{env_name}' has no data policy (known: wall, pointmaze)"
-            )))
+            "dataset: environment '{env_name}' has no data policy (known: wall, pointmaze, pusht)"
+        )))
         }
     }
     let s = image_size;
@@ -363,6 +430,26 @@ mod tests {
         assert_eq!(generate("pointmaze", 4, 30, 2, 24, None).unwrap(), ds);
         assert!(generate("pointmaze", 1, 3, 0, 16, Some(1.0)).is_err());
         assert!(generate("pushr", 1, 3, 0, 16, None).is_err());
+    }
+
+    #[test]
+    fn pusht_data_pushes_the_block() {
+        let ds = generate("pusht", 6, 60, 4, 32, None).unwrap();
+        assert_eq!(ds.states.shape(), &[6, 61, 7]);
+        assert_eq!(ds.proprio.shape(), &[6, 61, 4]);
+        assert!(ds.actions.iter().all(|a| (-1.0..=1.0).contains(a)));
+        // The block moves in most episodes.
+        let moved = (0..6)
+            .filter(|&e| {
+                let (a, b) = (
+                    ds.states.slice(ndarray::s![e, 0, 2..5]),
+                    ds.states.slice(ndarray::s![e, 60, 2..5]),
+                );
+                a.iter().zip(b.iter()).any(|(x, y)| (x - y).abs() > 5.0)
+            })
+            .count();
+        assert!(moved >= 4, "block moved in {moved} of 6 episodes");
+        assert_eq!(generate("pusht", 6, 60, 4, 32, None).unwrap(), ds);
     }
 
     #[test]

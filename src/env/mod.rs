@@ -5,6 +5,7 @@
 
 pub mod dataset;
 pub mod pointmaze;
+pub mod pusht;
 pub mod render;
 pub mod wall;
 
@@ -67,13 +68,14 @@ pub trait Env: Send {
 }
 
 /// Names of the environments this build knows.
-pub const ENV_NAMES: &[&str] = &["wall", "pointmaze"];
+pub const ENV_NAMES: &[&str] = &["wall", "pointmaze", "pusht"];
 
 /// Build an environment by name.
 pub fn make_env(name: &str) -> Result<Box<dyn Env>> {
     match name {
         "wall" => Ok(Box::new(wall::WallEnv::new())),
         "pointmaze" => Ok(Box::new(pointmaze::PointMazeEnv::new())),
+        "pusht" => Ok(Box::new(pusht::PushTEnv::new())),
         other => Err(QwmError::Usage(format!(
             "unknown environment '{other}' (--env): known environments are {}",
             ENV_NAMES.join(", ")
