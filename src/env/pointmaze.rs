@@ -276,7 +276,14 @@ pub fn render_native(maze: &Maze, pos: [f64; 2]) -> (Vec<f32>, usize, usize) {
             let (cw, ch) = ((c / PX_PER_UNIT) as isize, (r / PX_PER_UNIT) as isize);
             let base = if maze.is_wall(cw, ch) { WALL } else { FLOOR };
             let mut cover = 0usize;
-            for sy in 0..sub {
+            // Only pixels near the disc need the samples.
+            let (px, py) = (
+                0.5 + (c as f64 + 0.5) / PX_PER_UNIT as f64,
+                0.5 + (r as f64 + 0.5) / PX_PER_UNIT as f64,
+            );
+            let near = (px - wx).abs() <= site + 1.0 / PX_PER_UNIT as f64
+                && (py - wy).abs() <= site + 1.0 / PX_PER_UNIT as f64;
+            for sy in 0..if near { sub } else { 0 } {
                 for sx in 0..sub {
                     // World coordinates of the sample (the grid starts at world 0.5).
                     let x = 0.5 + (c as f64 + (sx as f64 + 0.5) / sub as f64) / PX_PER_UNIT as f64;
