@@ -78,6 +78,11 @@ enum Cmd {
         /// w8a8 static as MatMulInteger; other schemes are refused).
         #[arg(long, default_value = "simulate")]
         form: String,
+        /// ONNX Runtime's MatMulNBits accuracy level for the deploy form's 4-bit layers: 0 (float
+        /// activations: the scheme's exact function) or 4 (int8 activations per block: faster on
+        /// ONNX Runtime, approximate; tract ignores it).
+        #[arg(long, default_value_t = 0)]
+        accuracy_level: u8,
         /// Calibration episodes (task seeds 99 n + 2, distinct from evaluation seeds 99 n + 1).
         #[arg(long, default_value_t = 4)]
         calib_episodes: usize,
@@ -465,6 +470,7 @@ fn run(cli: Cli) -> Result<()> {
             encoder,
             predictor,
             form,
+            accuracy_level,
             calib_episodes,
             calib_iters,
             calib_samples,
@@ -490,6 +496,7 @@ fn run(cli: Cli) -> Result<()> {
                     })
                     .max(1),
                 form,
+                accuracy_level,
                 layer_schemes: Default::default(),
             };
             let t0 = Instant::now();
@@ -1467,6 +1474,7 @@ fn fit(args: FitArgs) -> Result<()> {
         smooth_alpha: 0.5,
         threads,
         form: Default::default(),
+        accuracy_level: 0,
         layer_schemes: layers,
     };
     let float = qwm::quant::scheme::Scheme::FLOAT;

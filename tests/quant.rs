@@ -133,6 +133,7 @@ fn cfg(
         smooth_alpha: 0.5,
         threads: 1,
         form: Default::default(),
+        accuracy_level: 0,
         layer_schemes: Default::default(),
     }
 }
@@ -467,7 +468,7 @@ fn deploy_lowerings_match_the_reference_on_every_backend() {
         // MatMulNBits.
         let mut m = one_linear(k, n, &w);
         let q = quantize_matrix(&w, k, n, 4, Some(group), Observer::Rtn).unwrap();
-        deploy::lower_nbits(&mut m, &layer, &q).unwrap();
+        deploy::lower_nbits(&mut m, &layer, &q, 0).unwrap();
         assert!(m
             .graph
             .as_ref()

@@ -142,8 +142,20 @@ pub fn pack_nbits(q: &QuantWeight) -> Result<(Vec<u8>, Vec<f32>, usize)> {
     Ok((packed, scales, blocks))
 }
 
-/// Replace a layer's MatMul by MatMulNBits over its 4-bit group-wise weights.
-pub fn lower_nbits(m: &mut ModelProto, layer: &LinearLayer, q: &QuantWeight) -> Result<()> {
+/// Replace a layer's MatMul by MatMulNBits over its 4-bit group-wise weights. `accuracy_level`
+/// is ONNX Runtime's: 0 keeps float activations (the scheme's exact function); 4 lets ONNX Runtime
+/// quantize activations to int8 per block (faster, approximate; tract ignores the attribute).
+pub fn lower_nbits(
+    m: &mut ModelProto,
+    layer: &LinearLayer,
+    q: &QuantWeight,
+    accuracy_level: i64,
+) -> Result<()> {
+    if accuracy_level != 0 && accuracy_level != 4 {
+        return Err(QwmError::Usage(format!(
+            "--accuracy-level {accuracy_level}: expected 0 (float activations) or 4 (int8 activations per block)"
+        )));
+    }
     let (packed, scales, blocks) = pack_nbits(q)?;
     let b = q.group.expect("checked by pack_nbits");
     let w = layer.weight.as_str();
@@ -203,7 +215,7 @@ pub fn lower_nbits(m: &mut ModelProto, layer: &LinearLayer, q: &QuantWeight) -> 
             attr_i("N", q.n as i64),
             attr_i("bits", 4),
             attr_i("block_size", b as i64),
-            attr_i("accuracy_level", 0),
+            attr_i("accuracy_level", accuracy_level),
         ],
     );
     nb.domain = "com.microsoft".into();

@@ -99,6 +99,9 @@ pub struct QuantizeConfig {
     pub threads: usize,
     /// Graph form written: QDQ fake quantization, or integer / packed operators.
     pub form: Form,
+    /// ONNX Runtime's MatMulNBits accuracy level for deploy-form 4-bit layers: 0 (float
+    /// activations, exact) or 4 (int8 activations per block, faster on ONNX Runtime).
+    pub accuracy_level: u8,
     /// Per-layer schemes overriding the module's, keyed `module:node` (e.g.
     /// `predictor:/blocks.0/fc1/MatMul`); `float` leaves a layer unquantized. Used by `qwm fit`.
     pub layer_schemes: std::collections::BTreeMap<String, Scheme>,
@@ -160,6 +163,9 @@ pub struct ModuleRecord {
     pub method: Method,
     /// Form: `simulate` (QDQ fake quantization) or `deploy` (integer / packed operators).
     pub form: String,
+    /// MatMulNBits accuracy level of a deploy form's 4-bit layers (absent: 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_level: Option<u8>,
     /// Layers.
     pub layers: Vec<LayerRecord>,
 }
@@ -393,7 +399,9 @@ fn quantize_module(
         };
         match lowering {
             None => onnx::rewrite_weight(proto, layer, &q)?,
-            Some(deploy::Lowering::MatMulNBits) => deploy::lower_nbits(proto, layer, &q)?,
+            Some(deploy::Lowering::MatMulNBits) => {
+                deploy::lower_nbits(proto, layer, &q, cfg.accuracy_level as i64)?
+            }
             // Lowered below, with the activation parameters.
             Some(deploy::Lowering::MatMulInteger) => {}
         }
@@ -457,6 +465,8 @@ fn quantize_module(
         },
         method: cfg.method,
         form: cfg.form.name().into(),
+        accuracy_level: (cfg.form == Form::Deploy && cfg.accuracy_level != 0)
+            .then_some(cfg.accuracy_level),
         layers: records,
     })
 }
