@@ -244,3 +244,31 @@ fn bundle_errors_name_the_problem() {
     let e = Bundle::open(d.path()).err().unwrap().to_string();
     assert!(e.contains("format_version 99"), "{e}");
 }
+
+/// The shipped PointMaze model matches its PyTorch fixtures and plans an episode in its environment.
+#[test]
+fn shipped_pointmaze_model_matches_pytorch_and_plans() {
+    let b = Bundle::open(&root().join("models/pointmaze")).unwrap();
+    assert_eq!(b.manifest.env, "pointmaze");
+    let r = qwm::verify::verify(&b, make_backend("tract").unwrap().as_ref(), 1).unwrap();
+    assert!(r.pass(), "{r:?}");
+    let (ok, out, err) = run_qwm(&[
+        "plan",
+        "--model",
+        "models/pointmaze",
+        "--episodes",
+        "1",
+        "--samples",
+        "64",
+        "--topk",
+        "8",
+        "--opt-steps",
+        "3",
+        "--max-iter",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("non-finite candidates 0"), "{out}");
+}
