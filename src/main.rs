@@ -918,10 +918,6 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
     let model = args.model[0].clone();
     let graph = args.graph.clone().unwrap_or_else(|| "predictor".into());
-    let args = BenchArgs {
-        graph: Some(graph.clone()),
-        ..args
-    };
     let bundle = Bundle::open(&model)?;
     let backend = make_backend_with(&backend_name, args.ort_lib.as_deref())?;
     let cfg = qwm::bench::BenchConfig {

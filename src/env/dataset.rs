@@ -51,32 +51,29 @@ pub struct Dataset {
     pub layout: Array2<f32>,
 }
 
-/// PointMaze data: the scripted corridor runs and random walks of
-/// [`PointMazeDataPolicy`](super::pointmaze::PointMazeDataPolicy) from uniform free starts at rest.
-fn generate_pointmaze(
+/// Record `episodes` episodes of a non-Wall environment: `begin` places the episode's start and
+/// returns its data policy (drawing from the episode's generator in a fixed order), `act` gives
+/// each step's action. States and proprioception are recorded at their full widths.
+#[allow(clippy::too_many_arguments)]
+fn record<E: Env, P>(
+    mut env: E,
     episodes: usize,
     steps: usize,
     seed: u64,
     image_size: usize,
-    speed_max: Option<f64>,
+    state_dim: usize,
+    mut begin: impl FnMut(&mut E, &mut ChaCha8Rng) -> P,
+    mut act: impl FnMut(&mut P, &mut ChaCha8Rng, &E) -> [f32; 2],
 ) -> Result<Dataset> {
-    use super::pointmaze::{PointMazeDataPolicy, PointMazeEnv};
-    if speed_max.is_some() {
-        return Err(QwmError::Usage(
-            "dataset: --speed-max applies to wall only".into(),
-        ));
-    }
     let s = image_size;
+    let pd = env.proprio_dim();
     let mut frames = Array5::<u8>::zeros((episodes, steps + 1, s, s, 3));
     let mut actions = Array3::<f32>::zeros((episodes, steps, 2));
-    let mut states = Array3::<f32>::zeros((episodes, steps + 1, 4));
-    let mut proprio = Array3::<f32>::zeros((episodes, steps + 1, 4));
-    let mut env = PointMazeEnv::new();
+    let mut states = Array3::<f32>::zeros((episodes, steps + 1, state_dim));
+    let mut proprio = Array3::<f32>::zeros((episodes, steps + 1, pd));
     for e in 0..episodes {
         let mut rng = ChaCha8Rng::seed_from_u64(episode_seed(seed, e));
-        let mut policy = PointMazeDataPolicy::new(&mut rng);
-        let start = env.random_free_position(&mut rng);
-        env.set(start, [0.0; 2]);
+        let mut policy = begin(&mut env, &mut rng);
         for t in 0..=steps {
             let frame = env.render(s);
             frames
@@ -91,18 +88,17 @@ fn generate_pointmaze(
                 proprio[[e, t, k]] = v;
             }
             if t < steps {
-                let a = policy.act(&mut rng, &env);
-                let a32 = [a[0] as f32, a[1] as f32];
-                actions[[e, t, 0]] = a32[0];
-                actions[[e, t, 1]] = a32[1];
-                env.step(&a32)?;
+                let a = act(&mut policy, &mut rng, &env);
+                actions[[e, t, 0]] = a[0];
+                actions[[e, t, 1]] = a[1];
+                env.step(&a)?;
             }
         }
     }
     Ok(Dataset {
         meta: DatasetMeta {
             format_version: 1,
-            env: "pointmaze".into(),
+            env: env.name().into(),
             episodes,
             steps,
             seed,
@@ -118,70 +114,48 @@ fn generate_pointmaze(
     })
 }
 
+/// PointMaze data: the scripted corridor runs and random walks of
+/// [`PointMazeDataPolicy`](super::pointmaze::PointMazeDataPolicy) from uniform free starts at rest.
+fn generate_pointmaze(episodes: usize, steps: usize, seed: u64, size: usize) -> Result<Dataset> {
+    use super::pointmaze::{PointMazeDataPolicy, PointMazeEnv};
+    record(
+        PointMazeEnv::new(),
+        episodes,
+        steps,
+        seed,
+        size,
+        4,
+        |env, rng| {
+            let policy = PointMazeDataPolicy::new(rng);
+            let start = env.random_free_position(rng);
+            env.set(start, [0.0; 2]);
+            policy
+        },
+        |policy, rng, env| {
+            let a = policy.act(rng, env);
+            [a[0] as f32, a[1] as f32]
+        },
+    )
+}
+
 /// PushT data: scripted pushes of [`PushTDataPolicy`](super::pusht::PushTDataPolicy) from the
 /// reference's random starts; actions are the relative actions the environment takes.
-fn generate_pusht(
-    episodes: usize,
-    steps: usize,
-    seed: u64,
-    image_size: usize,
-    speed_max: Option<f64>,
-) -> Result<Dataset> {
+fn generate_pusht(episodes: usize, steps: usize, seed: u64, size: usize) -> Result<Dataset> {
     use super::pusht::{PushTDataPolicy, PushTEnv};
-    if speed_max.is_some() {
-        return Err(QwmError::Usage(
-            "dataset: --speed-max applies to wall only".into(),
-        ));
-    }
-    let s = image_size;
-    let mut frames = Array5::<u8>::zeros((episodes, steps + 1, s, s, 3));
-    let mut actions = Array3::<f32>::zeros((episodes, steps, 2));
-    let mut states = Array3::<f32>::zeros((episodes, steps + 1, 7));
-    let mut proprio = Array3::<f32>::zeros((episodes, steps + 1, 4));
-    let mut env = PushTEnv::new();
-    for e in 0..episodes {
-        let mut rng = ChaCha8Rng::seed_from_u64(episode_seed(seed, e));
-        let mut policy = PushTDataPolicy::new(&mut rng);
-        env.set_state(&PushTEnv::random_state(&mut rng));
-        for t in 0..=steps {
-            let frame = env.render(s);
-            frames
-                .slice_mut(ndarray::s![e, t, .., .., ..])
-                .as_slice_mut()
-                .expect("standard layout")
-                .copy_from_slice(&frame.data);
-            let st = env.state_array();
-            for (k, v) in st.iter().enumerate() {
-                states[[e, t, k]] = *v;
-            }
-            for (k, v) in env.proprio().into_iter().enumerate() {
-                proprio[[e, t, k]] = v;
-            }
-            if t < steps {
-                let a = policy.act(&mut rng, &st);
-                actions[[e, t, 0]] = a[0];
-                actions[[e, t, 1]] = a[1];
-                env.step(&a)?;
-            }
-        }
-    }
-    Ok(Dataset {
-        meta: DatasetMeta {
-            format_version: 1,
-            env: "pusht".into(),
-            episodes,
-            steps,
-            seed,
-            image_size,
-            action_dim: 2,
-            speed_max: None,
+    record(
+        PushTEnv::new(),
+        episodes,
+        steps,
+        seed,
+        size,
+        7,
+        |env, rng| {
+            let policy = PushTDataPolicy::new(rng);
+            env.set_state(&PushTEnv::random_state(rng));
+            policy
         },
-        frames,
-        actions,
-        states,
-        proprio,
-        layout: Array2::<f32>::zeros((episodes, 0)),
-    })
+        |policy, rng, env| policy.act(rng, &env.state_array()),
+    )
 }
 
 /// Seed of episode `e` of a dataset generated with `seed` (independent streams per episode).
@@ -219,8 +193,13 @@ pub fn generate(
     }
     match env_name {
         "wall" => {}
-        "pointmaze" => return generate_pointmaze(episodes, steps, seed, image_size, speed_max),
-        "pusht" => return generate_pusht(episodes, steps, seed, image_size, speed_max),
+        "pointmaze" | "pusht" if speed_max.is_some() => {
+            return Err(QwmError::Usage(
+                "dataset: --speed-max applies to wall only".into(),
+            ))
+        }
+        "pointmaze" => return generate_pointmaze(episodes, steps, seed, image_size),
+        "pusht" => return generate_pusht(episodes, steps, seed, image_size),
         _ => {
             return Err(QwmError::Usage(format!(
             "dataset: environment '{env_name}' has no data policy (known: wall, pointmaze, pusht)"

@@ -56,6 +56,14 @@ pub const SUCCESS_ANGLE: f32 = std::f32::consts::PI / 9.0;
 /// Control steps of the data policy replayed from a start to make an evaluation goal.
 pub const GOAL_STEPS: usize = 25;
 
+/// The reference's wall segments (radius 2), as drawn; the physics uses boxes with their inner faces.
+pub const WALL_SEGMENTS: [((f32, f32), (f32, f32)); 4] = [
+    ((5.0, 506.0), (5.0, 5.0)),
+    ((5.0, 5.0), (506.0, 5.0)),
+    ((506.0, 5.0), (506.0, 506.0)),
+    ((5.0, 506.0), (506.0, 506.0)),
+];
+
 /// The T's two boxes in the body frame: (min x, min y, max x, max y).
 pub const T_BOXES: [[f32; 4]; 2] = [[-60.0, 0.0, 60.0, 30.0], [-15.0, 30.0, 15.0, 120.0]];
 
@@ -311,12 +319,7 @@ pub fn render_pusht(s: &[f32], size: usize) -> Frame {
     }
     // Walls (LightGray fat segments).
     let mut pb = PathBuilder::new();
-    for (a, b) in [
-        ((5.0, 506.0), (5.0, 5.0)),
-        ((5.0, 5.0), (506.0, 5.0)),
-        ((506.0, 5.0), (506.0, 506.0)),
-        ((5.0, 506.0), (506.0, 506.0)),
-    ] {
+    for (a, b) in WALL_SEGMENTS {
         pb.move_to(a.0, a.1);
         pb.line_to(b.0, b.1);
     }

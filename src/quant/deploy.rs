@@ -14,11 +14,13 @@
 //!
 //! Other schemes have no deploy form yet and are refused by name.
 
-use super::onnx::{attr_i, f32_tensor, node, LinearLayer};
+use super::onnx::{
+    attr_i, f32_tensor, graph_mut, i64_tensor, i8_tensor, node, u8_tensor, LinearLayer,
+};
 use super::scheme::Scheme;
 use super::weights::QuantWeight;
 use crate::error::{QwmError, Result};
-use tract_onnx::pb::{self, tensor_proto::DataType, ModelProto, OperatorSetIdProto, TensorProto};
+use tract_onnx::pb::{self, tensor_proto::DataType, ModelProto, OperatorSetIdProto};
 
 /// How a layer runs in the deploy form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -38,32 +40,6 @@ pub fn lowering_for(scheme: Scheme) -> Result<Lowering> {
             "--form deploy: scheme {scheme} has no deploy form yet (available: w4-g16/32/64/128 as \
              MatMulNBits, w8a8 with static per-tensor activations as MatMulInteger); use --form simulate"
         ))),
-    }
-}
-
-fn graph_mut(m: &mut ModelProto) -> Result<&mut pb::GraphProto> {
-    m.graph
-        .as_mut()
-        .ok_or_else(|| QwmError::Usage("ONNX model has no graph".into()))
-}
-
-fn u8_tensor(name: &str, dims: &[i64], data: Vec<u8>) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: DataType::Uint8 as i32,
-        raw_data: data,
-        ..Default::default()
-    }
-}
-
-fn i8_tensor(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: DataType::Int8 as i32,
-        raw_data: data.iter().map(|v| *v as u8).collect(),
-        ..Default::default()
     }
 }
 
@@ -165,7 +141,7 @@ pub fn lower_nbits(
     g.initializer.push(u8_tensor(
         &bn,
         &[q.n as i64, blocks as i64, (b / 2) as i64],
-        packed,
+        &packed,
     ));
     g.initializer
         .push(f32_tensor(&sn, &[scales.len() as i64], &scales));
@@ -180,13 +156,8 @@ pub fn lower_nbits(
         let mut pads = vec![0i64; 2 * rank];
         pads[2 * rank - 1] = (blocks * b - q.k) as i64;
         let (pn, padded) = (format!("{w}_nbits_pads"), format!("{}_padded", layer.input));
-        g.initializer.push(TensorProto {
-            name: pn.clone(),
-            dims: vec![pads.len() as i64],
-            data_type: DataType::Int64 as i32,
-            raw_data: pads.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
+        g.initializer
+            .push(i64_tensor(&pn, &[pads.len() as i64], &pads));
         g.node.insert(
             at,
             node(
@@ -256,7 +227,7 @@ pub fn lower_int8(
     let out = g.node[at].output[0].clone();
     g.initializer.push(f32_tensor(&names[0], &[], &[act_scale]));
     g.initializer
-        .push(u8_tensor(&names[1], &[], vec![act_zero_point as u8]));
+        .push(u8_tensor(&names[1], &[], &[act_zero_point as u8]));
     g.initializer
         .push(i8_tensor(&names[3], &[q.k as i64, q.n as i64], &q.codes));
     g.initializer.push(i8_tensor(&names[7], &[], &[0]));

@@ -127,7 +127,7 @@ pub fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
     }
 }
 
-fn i8_tensor(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
+pub(crate) fn i8_tensor(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
     TensorProto {
         name: name.into(),
         dims: dims.to_vec(),
@@ -137,7 +137,7 @@ fn i8_tensor(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
     }
 }
 
-fn u8_tensor(name: &str, dims: &[i64], data: &[u8]) -> TensorProto {
+pub(crate) fn u8_tensor(name: &str, dims: &[i64], data: &[u8]) -> TensorProto {
     TensorProto {
         name: name.into(),
         dims: dims.to_vec(),
@@ -147,7 +147,7 @@ fn u8_tensor(name: &str, dims: &[i64], data: &[u8]) -> TensorProto {
     }
 }
 
-fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
+pub(crate) fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
     TensorProto {
         name: name.into(),
         dims: dims.to_vec(),
@@ -192,7 +192,7 @@ pub(crate) fn node(
     }
 }
 
-fn graph_mut(m: &mut ModelProto) -> Result<&mut pb::GraphProto> {
+pub(crate) fn graph_mut(m: &mut ModelProto) -> Result<&mut pb::GraphProto> {
     m.graph
         .as_mut()
         .ok_or_else(|| QwmError::Usage("ONNX model has no graph".into()))
