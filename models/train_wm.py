@@ -8,7 +8,8 @@ Usage (from the repository root, after `pip install -r models/requirements.txt`)
 The environment comes from the dataset's meta.json (wall, pointmaze, pusht): action and proprio
 widths from the arrays, the action bounds written to the manifest from the environment
 (Wall +-2.45, PointMaze and PushT +-1), the encoder's state probe on the standardized states (Wall:
-position and layout scaled as the shipped model was trained).
+position and layout scaled as the shipped model was trained; PushT: agent position and four points of
+the T, in pixels, so that the latents carry the block's pose without the angle's wrap-around).
 
 Stages (each checkpointed in --work, so a killed run resumes):
  1. encoder pre-training: a ViT on frames as an autoencoder (per-patch pixel reconstruction) plus a
@@ -60,6 +61,22 @@ def spearman(a, b):
     return float((ra * rb).sum() / math.sqrt((ra * ra).sum() * (rb * rb).sum()))
 
 
+# Points of PushT's T in its body frame (the frame of the state's block position and angle): the bar's
+# two ends, the joint and the stem's foot. Their world positions vary smoothly with the block's pose
+# (the raw angle wraps), so a probe on them makes latent distance track pose error.
+PUSHT_KEYPOINTS = np.array([[-60.0, 15.0], [60.0, 15.0], [0.0, 30.0], [0.0, 120.0]], dtype=np.float32)
+
+
+def pusht_keypoints(states):
+    """PushT states [..., 7] -> [..., 2 + 2K]: agent position, then the T's keypoints in world pixels."""
+    c, s = np.cos(states[..., 4:5]), np.sin(states[..., 4:5])
+    kx, ky = PUSHT_KEYPOINTS[:, 0], PUSHT_KEYPOINTS[:, 1]
+    wx = states[..., 2:3] + c * kx - s * ky
+    wy = states[..., 3:4] + s * kx + c * ky
+    kp = np.stack([wx, wy], -1).reshape(*states.shape[:-1], -1)
+    return np.concatenate([states[..., :2], kp], -1).astype(np.float32)
+
+
 ACTION_BOUND = {"wall": 2.45, "pointmaze": 1.0, "pusht": 1.0}
 ALPHA = {"wall": 1.0, "pointmaze": 0.0, "pusht": 1.0}
 
@@ -94,6 +111,11 @@ def main(argv=None, default_work=None):
                     help="C > 0: the encoder's first 8 channels of every token also regress a wall-aware coordinate "
                          "side * |y - door_y| so that the latent objective weighs it C times the proprio term "
                          "(see models/wall/README.md: a plain Euclidean landscape traps CEM at the wall)")
+    ap.add_argument("--keypoint-gain", type=float, default=0.0,
+                    help="G > 0 (PushT): the first channels of every token also regress G x the standardized probe "
+                         "(agent position and the T's keypoints), so that far from the goal the latent objective "
+                         "keeps growing with the block's pose error instead of saturating once the rendered T no "
+                         "longer overlaps the goal's (see models/pusht/README.md)")
     ap.add_argument("--init-encoder", default=None, help="fine-tune the encoder from this checkpoint")
     ap.add_argument("--enc-lr", type=float, default=1e-3)
     ap.add_argument("--norm-from", default=None,
@@ -109,6 +131,8 @@ def main(argv=None, default_work=None):
     env = meta["env"]
     if env not in ACTION_BOUND:
         raise SystemExit(f"{args.data}: dataset of environment '{env}', expected one of {sorted(ACTION_BOUND)}")
+    if args.keypoint_gain > 0 and env != "pusht":
+        raise SystemExit("--keypoint-gain applies to pusht datasets only")
     if args.wall_aware > 0 and env != "wall":
         raise SystemExit("--wall-aware applies to wall datasets only")
     args.work = args.work or default_work or f"data/train_{env}"
@@ -128,10 +152,15 @@ def main(argv=None, default_work=None):
     # The encoder's probe target: Wall's position and layout as the shipped model was trained, else
     # the standardized state.
     probe_src = np.concatenate([states, np.repeat(layout[:, None, :], T + 1, 1)], -1) if layout.shape[-1] else states
+    if env == "pusht":
+        probe_src = pusht_keypoints(states)
     s_mean = probe_src[train_eps].reshape(-1, probe_src.shape[-1]).mean(0)
     s_std = np.maximum(probe_src[train_eps].reshape(-1, probe_src.shape[-1]).std(0), 1e-6)
     if env == "wall":
         s_mean, s_std = np.full_like(s_mean, 32.0), np.full_like(s_std, 16.0)
+    elif env == "pusht":
+        # one isotropic scale for every coordinate, so that probe distances are pixel distances
+        s_mean, s_std = np.full_like(s_mean, 256.0), np.full_like(s_std, 128.0)
     n_probe = probe_src.shape[-1]
     if args.norm_from:
         nm = json.load(open(args.norm_from))
@@ -187,6 +216,9 @@ def main(argv=None, default_work=None):
             st = torch.from_numpy((probe_src[e, t] - s_mean) / s_std).float()
             probe = F.mse_loss(probe_head(tok), st[:, None, :].expand(-1, N, n_probe))
             loss = rec + probe
+            if args.keypoint_gain > 0:
+                kp = F.mse_loss(tok[:, :, :n_probe], args.keypoint_gain * st[:, None, :].expand(-1, N, n_probe))
+                loss = loss + kp
             wall = torch.zeros(())
             if args.wall_aware > 0:
                 tgt_w = wall_target(states[e, t], layout[e])
@@ -332,7 +364,8 @@ def main(argv=None, default_work=None):
         "dataset": {"episodes": E, "steps": T, "seed": meta["seed"], "held_out_episodes": int(n_val)},
         "encoder": {"dim": args.enc_dim, "depth": args.enc_depth, "heads": 4, "patch": args.patch, "steps": args.enc_steps,
                     "objective": "per-patch pixel reconstruction + per-token state probe"
-                                 + (f" + wall-aware channels (C {args.wall_aware}, {WA} channels, s_g {s_g:.4f})" if args.wall_aware > 0 else ""),
+                                 + (f" + wall-aware channels (C {args.wall_aware}, {WA} channels, s_g {s_g:.4f})" if args.wall_aware > 0 else "")
+                                 + (f" + keypoint channels (first {n_probe} channels = {args.keypoint_gain} x standardized probe)" if args.keypoint_gain > 0 else ""),
                     "init": args.init_encoder, "final": enc_hist[-1] if enc_hist else None},
         "proprio_encoder": f"frozen random projection (orthonormal columns x sqrt({args.proprio_scale}))",
         "predictor": {"dim": args.enc_dim + 20, "depth": args.pred_depth, "heads": args.pred_heads, "dim_head": args.pred_dim_head,

@@ -434,7 +434,11 @@ struct PlanArgs {
 #[global_allocator]
 static ALLOC: qwm::mem::CountingAlloc = qwm::mem::CountingAlloc;
 
+/// When the process started: `qwm plan` reports the start-up time to its first plan from it.
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 fn main() {
+    STARTED.get_or_init(Instant::now);
     qwm::mem::mark_installed();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -1125,9 +1129,14 @@ fn plan(args: PlanArgs) -> Result<()> {
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
         Ok(())
     };
+    // Start-up to the first plan: process start to the first episode's first action (loading, the
+    // first observation's encoding and the first CEM plan; the reset and render, microseconds,
+    // are left out).
+    let mut first_plan_s: Option<f64> = None;
     for i in results.len()..args.episodes {
         let task_seed = 99 * (args.seed + i as u64) + 1;
         let mut frames = args.save_frames.as_ref().map(|_| Vec::new());
+        let episode_started = Instant::now();
         let r = run_episode(
             &mut wm,
             env.as_mut(),
@@ -1155,6 +1164,12 @@ fn plan(args: PlanArgs) -> Result<()> {
                 &env.render_state(&r.final_state, wm.manifest.image_size),
             )?;
         }
+        if first_plan_s.is_none() {
+            if let (Some(t), Some(start)) = (r.timings.first(), STARTED.get()) {
+                let before = episode_started.duration_since(*start).as_secs_f64();
+                first_plan_s = Some(before + t.encode_s + t.plan_s);
+            }
+        }
         let line = qwm::report::episode_line(&r);
         if pb.is_hidden() {
             println!("{line}");
@@ -1173,6 +1188,9 @@ fn plan(args: PlanArgs) -> Result<()> {
         "{}",
         qwm::report::summary_text(&summary, load_time_s, load_peak)
     );
+    if let Some(s) = first_plan_s {
+        println!("  start-up to 1st plan  {s:.3} s (process start to the first action)");
+    }
     write_report(&results, true)?;
     Ok(())
 }

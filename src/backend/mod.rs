@@ -5,6 +5,7 @@
 #[cfg(feature = "ort")]
 pub mod ort;
 pub mod tract;
+pub mod tract_nbits;
 
 use crate::bundle::MappedGraph;
 use crate::error::{QwmError, Result};

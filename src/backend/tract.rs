@@ -102,6 +102,14 @@ impl Backend for TractBackend {
 }
 
 /// The text of a caught panic.
+/// tract's ONNX importer with qwm's operators registered (MatMulNBits kept packed: see
+/// [`super::tract_nbits`]).
+fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    super::tract_nbits::register(&mut onnx);
+    onnx
+}
+
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -226,7 +234,7 @@ impl TractSession {
     fn build(&self, batch: Option<usize>) -> Result<Plan> {
         let proto = tract_onnx::pb::ModelProto::decode(&self.bytes[..])
             .map_err(|e| err(&self.name, format!("not a valid ONNX protobuf: {e}")))?;
-        let mut model = tract_onnx::onnx()
+        let mut model = onnx()
             .model_for_proto_model(&proto)
             .map_err(|e| err(&self.name, format!("cannot import graph: {e:#}")))?;
         drop(proto);
@@ -367,7 +375,7 @@ pub fn op_profile(
     let name = graph.spec.file.clone();
     let proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
         .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
-    let mut model = tract_onnx::onnx()
+    let mut model = onnx()
         .model_for_proto_model(&proto)
         .map_err(|e| err(&name, format!("cannot import graph: {e:#}")))?;
     drop(proto);

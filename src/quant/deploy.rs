@@ -4,8 +4,8 @@
 //! - Weight-only 4-bit group-wise (`w4-g<B>`, B a power of two >= 16): `com.microsoft.MatMulNBits`
 //!   (bits 4, block B, symmetric: the int4 codes stored as uint4 = code + 8, the default zero
 //!   point, weights `[N, K/B, B/2]` bytes, scales `[N * K/B]`). Lossless against the simulate
-//!   form. Both backends load it; tract keeps block 32 with K % 32 == 0 packed (Q4_0) and
-//!   dequantizes other shapes to float at load.
+//!   form. ONNX Runtime runs it natively; on tract qwm registers its own operator
+//!   (`backend::tract_nbits`) that keeps the codes packed and dequantizes per call.
 //! - 8-bit weights with static per-tensor 8-bit activations (`w8a8`): `QuantizeLinear` (uint8, the
 //!   calibrated scale / zero point) -> `MatMulInteger` (uint8 x int8 -> int32, exact) -> `Cast` ->
 //!   `Mul` by `a_scale x w_scale[n]` (one per output column, so per-channel weight scales stay
@@ -14,9 +14,7 @@
 //!
 //! Other schemes have no deploy form yet and are refused by name.
 
-use super::onnx::{
-    attr_i, f32_tensor, graph_mut, i64_tensor, i8_tensor, node, u8_tensor, LinearLayer,
-};
+use super::onnx::{attr_i, f32_tensor, graph_mut, i8_tensor, node, u8_tensor, LinearLayer};
 use super::scheme::Scheme;
 use super::weights::QuantWeight;
 use crate::error::{QwmError, Result};
@@ -56,20 +54,6 @@ fn take_matmul(g: &mut pb::GraphProto, layer: &LinearLayer) -> Result<usize> {
         .iter()
         .position(|n| n.name == layer.node && n.op_type == "MatMul")
         .ok_or_else(|| QwmError::Usage(format!("MatMul node '{}' not found", layer.node)))
-}
-
-/// The rank of a tensor from the graph's declared inputs / value_info, when recorded (callers
-/// assume 3, `[batch, tokens, features]`, otherwise; a wrong guess fails loudly at load).
-fn tensor_rank(g: &pb::GraphProto, name: &str) -> Option<usize> {
-    g.input
-        .iter()
-        .chain(&g.value_info)
-        .chain(&g.output)
-        .find(|v| v.name == name)
-        .and_then(|v| {
-            let pb::type_proto::Value::TensorType(t) = v.r#type.as_ref()?.value.as_ref()?;
-            Some(t.shape.as_ref()?.dim.len())
-        })
 }
 
 fn ensure_ms_domain(m: &mut ModelProto) {
@@ -146,31 +130,11 @@ pub fn lower_nbits(
     g.initializer
         .push(f32_tensor(&sn, &[scales.len() as i64], &scales));
     let out = g.node[at].output[0].clone();
-    // Block 32 with K % 32 != 0 (DINO-WM's 404-wide predictor tokens): pad the input's last axis
-    // with zeros to whole blocks, so tract keeps the weight packed (Q4_0) instead of expanding it
-    // to f32; the padded weight rows are zero codes, so the product is unchanged.
-    let mut input = layer.input.clone();
-    let mut k_attr = q.k;
-    if b == 32 && q.k % b != 0 {
-        let rank = tensor_rank(g, &layer.input).unwrap_or(3);
-        let mut pads = vec![0i64; 2 * rank];
-        pads[2 * rank - 1] = (blocks * b - q.k) as i64;
-        let (pn, padded) = (format!("{w}_nbits_pads"), format!("{}_padded", layer.input));
-        g.initializer
-            .push(i64_tensor(&pn, &[pads.len() as i64], &pads));
-        g.node.insert(
-            at,
-            node(
-                "Pad",
-                &format!("{}_nbits_pad", layer.node),
-                &[&layer.input, &pn],
-                &[&padded],
-                vec![],
-            ),
-        );
-        input = padded;
-        k_attr = blocks * b;
-    }
+    // K need not be a multiple of the block: the last block's missing rows are zero codes.
+    // (Earlier bundles padded the input to whole blocks for tract's Q4_0 path; qwm's packed
+    // tract operator reads partial blocks, so the copy is gone.)
+    let input = layer.input.clone();
+    let k_attr = q.k;
     let at = g
         .node
         .iter()
