@@ -245,30 +245,34 @@ fn bundle_errors_name_the_problem() {
     assert!(e.contains("format_version 99"), "{e}");
 }
 
-/// The shipped PointMaze model matches its PyTorch fixtures and plans an episode in its environment.
+/// The shipped PointMaze and PushT models match their PyTorch fixtures and plan an episode in
+/// their environments.
 #[test]
-fn shipped_pointmaze_model_matches_pytorch_and_plans() {
-    let b = Bundle::open(&root().join("models/pointmaze")).unwrap();
-    assert_eq!(b.manifest.env, "pointmaze");
-    let r = qwm::verify::verify(&b, make_backend("tract").unwrap().as_ref(), 1).unwrap();
-    assert!(r.pass(), "{r:?}");
-    let (ok, out, err) = run_qwm(&[
-        "plan",
-        "--model",
-        "models/pointmaze",
-        "--episodes",
-        "1",
-        "--samples",
-        "64",
-        "--topk",
-        "8",
-        "--opt-steps",
-        "3",
-        "--max-iter",
-        "2",
-        "--threads",
-        "1",
-    ]);
-    assert!(ok, "{out}{err}");
-    assert!(out.contains("non-finite candidates 0"), "{out}");
+fn shipped_pointmaze_and_pusht_models_match_pytorch_and_plan() {
+    for env in ["pointmaze", "pusht"] {
+        let dir = format!("models/{env}");
+        let b = Bundle::open(&root().join(&dir)).unwrap();
+        assert_eq!(b.manifest.env, env);
+        let r = qwm::verify::verify(&b, make_backend("tract").unwrap().as_ref(), 1).unwrap();
+        assert!(r.pass(), "{env}: {r:?}");
+        let (ok, out, err) = run_qwm(&[
+            "plan",
+            "--model",
+            &dir,
+            "--episodes",
+            "1",
+            "--samples",
+            "64",
+            "--topk",
+            "8",
+            "--opt-steps",
+            "3",
+            "--max-iter",
+            "2",
+            "--threads",
+            "1",
+        ]);
+        assert!(ok, "{env}: {out}{err}");
+        assert!(out.contains("non-finite candidates 0"), "{env}: {out}");
+    }
 }

@@ -358,3 +358,69 @@ fn full_disk_is_reported_and_the_study_resumes() {
         4
     );
 }
+
+/// The PointMaze and PushT models run through quantize, plan and study as Wall does: a 2-cell
+/// study (float, W8 on both modules) of one episode each, with a tiny planner budget.
+#[test]
+fn study_runs_on_the_pointmaze_and_pusht_models() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for env in ["pointmaze", "pusht"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join(format!("{env}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"model = "{}"
+episodes = 1
+threads = 1
+calib_episodes = 1
+[planner]
+samples = 16
+topk = 4
+horizon = 2
+n_taken = 2
+[[grid]]
+name = "bits"
+schemes = ["float", "w8"]
+opt_steps = [1]
+max_iter = [1]
+"#,
+                root.join("models").join(env).display()
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join("out");
+        let (ok, stdout, stderr) = qwm(&[
+            "study",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{env}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains("2 of 2 cells finished now"),
+            "{env}: {stdout}"
+        );
+        let cells = outcomes(&[out.join("results.jsonl")]);
+        assert_eq!(cells.len(), 2, "{env}");
+        for c in &cells {
+            assert_eq!(c["episodes"], 1, "{env}: {c}");
+            assert!(
+                c["mean_final_distance"].as_f64().unwrap().is_finite(),
+                "{env}: {c}"
+            );
+        }
+        // The W8 cell's bundle really is quantized.
+        let w8 = cells
+            .iter()
+            .find(|c| c["scheme"] == "w8")
+            .unwrap_or_else(|| panic!("{env}: no w8 cell in {cells:?}"));
+        assert_eq!(w8["weight_bits"], 8, "{env}: {w8}");
+        assert!(
+            w8["weight_bytes_at_bits"].as_u64().unwrap()
+                < w8["weight_bytes_float"].as_u64().unwrap(),
+            "{env}: {w8}"
+        );
+    }
+}
