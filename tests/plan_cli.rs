@@ -60,18 +60,16 @@ fn small_episode_on_the_shipped_model_is_deterministic() {
         assert!(ok, "{stderr}");
         assert!(stdout.contains("success rate"), "{stdout}");
         // Start-up time to the first plan: positive, and at least the load time before it.
-        let startup: f64 = stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("start-up to 1st plan"))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no start-up line: {stdout}"));
-        let load: f64 = stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("load "))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no load line: {stdout}"));
+        let seconds = |label: &str| -> f64 {
+            stdout
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no '{label}' line: {stdout}"))
+        };
+        let startup = seconds("start-up to 1st plan");
+        let load = seconds("load ");
         assert!(
             startup.is_finite() && startup >= load && startup > 0.0,
             "{startup} vs load {load}"

@@ -101,7 +101,6 @@ impl Backend for TractBackend {
     }
 }
 
-/// The text of a caught panic.
 /// tract's ONNX importer with qwm's operators registered (MatMulNBits kept packed: see
 /// [`super::tract_nbits`]).
 fn onnx() -> tract_onnx::Onnx {
@@ -110,6 +109,7 @@ fn onnx() -> tract_onnx::Onnx {
     onnx
 }
 
+/// The text of a caught panic.
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -134,9 +134,8 @@ impl Expansion for NBitsExpansion {
             "{prefix}: B has {} bytes, expected N {n} x blocks {n_blocks} x {blob}",
             codes.len()
         );
-        let scales = konst(model, inputs[2], "scales")?
-            .cast_to::<f32>()?
-            .into_owned();
+        let scales = konst(model, inputs[2], "scales")?;
+        let scales = scales.cast_to::<f32>()?;
         let scales_ram = scales.try_as_plain_ram()?;
         let scales: &[f32] = scales_ram.as_slice()?;
         ensure!(

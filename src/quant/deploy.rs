@@ -131,22 +131,13 @@ pub fn lower_nbits(
         .push(f32_tensor(&sn, &[scales.len() as i64], &scales));
     let out = g.node[at].output[0].clone();
     // K need not be a multiple of the block: the last block's missing rows are zero codes.
-    // (Earlier bundles padded the input to whole blocks for tract's Q4_0 path; qwm's packed
-    // tract operator reads partial blocks, so the copy is gone.)
-    let input = layer.input.clone();
-    let k_attr = q.k;
-    let at = g
-        .node
-        .iter()
-        .position(|n| n.name == layer.node)
-        .expect("the MatMul is still there");
     let mut nb = node(
         "MatMulNBits",
         &format!("{}_nbits", layer.node),
-        &[&input, &bn, &sn],
+        &[&layer.input, &bn, &sn],
         &[&out],
         vec![
-            attr_i("K", k_attr as i64),
+            attr_i("K", q.k as i64),
             attr_i("N", q.n as i64),
             attr_i("bits", 4),
             attr_i("block_size", b as i64),
