@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
     let f = |i: usize| a[i].parse::<f64>().unwrap();
     let bundle = Bundle::open(std::path::Path::new(&a[1]))?;
     let backend = make_backend("tract")?;
-    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &LoadOptions { threads: 1 })?;
+    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &LoadOptions::with_threads(1))?;
     let layout = Layout {
         wall_x: f(2),
         door_y: f(3),

@@ -29,6 +29,9 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Seed of the random inputs.
     pub seed: u64,
+    /// Weights kept in the mapped file where the engine allows it (`--low-mem`).
+    #[serde(default)]
+    pub low_mem: bool,
 }
 
 /// Timings of one graph on one backend.
@@ -61,6 +64,11 @@ pub struct BenchResult {
     /// Rust heap held after loading (tract's weights and plans; ONNX Runtime allocates outside
     /// it), bytes.
     pub heap_after_load: u64,
+    /// Most Rust heap held at once while loading, above its level before, bytes: with
+    /// [`heap_after_load`](Self::heap_after_load) it shows how many copies of the weights a
+    /// load makes on the way.
+    #[serde(default)]
+    pub heap_peak_load: u64,
 }
 
 impl BenchResult {
@@ -123,11 +131,13 @@ pub fn bench_graph(
     }
     let rss_before_load = crate::profile::rss_bytes();
     let heap_before = crate::mem::current_bytes();
+    crate::mem::reset_peak();
     let t0 = Instant::now();
     let session = backend.load(
         graph,
         &LoadOptions {
             threads: cfg.threads,
+            low_mem: cfg.low_mem,
         },
     )?;
     let (rss_after_load, peak_rss_load) = (
@@ -135,6 +145,7 @@ pub fn bench_graph(
         crate::profile::peak_rss_bytes(),
     );
     let heap_after_load = crate::mem::current_bytes().saturating_sub(heap_before) as u64;
+    let heap_peak_load = crate::mem::peak_bytes().saturating_sub(heap_before) as u64;
     let inputs = random_inputs(graph, cfg.batch, cfg.seed);
     let refs: Vec<(&str, TensorRef<'_>)> = inputs
         .iter()
@@ -176,6 +187,7 @@ pub fn bench_graph(
         peak_rss_load,
         peak_rss_run: crate::profile::peak_rss_bytes(),
         heap_after_load,
+        heap_peak_load,
     })
 }
 
@@ -257,6 +269,7 @@ mod tests {
             iters: 3,
             warmup: 1,
             seed: 0,
+            low_mem: false,
         };
         let r = bench_graph(&b, backend.as_ref(), &cfg).unwrap();
         assert_eq!(r.call_ms.len(), 3);

@@ -296,6 +296,9 @@ pub struct MappedGraph {
     pub spec: GraphSpec,
     /// Read-only mapping of the file (shared with sessions that decode from it later).
     pub bytes: std::sync::Arc<Mmap>,
+    /// Whether `bytes` map the file at `path` (false for [`MappedGraph::from_bytes`]): only then
+    /// can an engine read weights from the file itself.
+    pub on_disk: bool,
 }
 
 impl MappedGraph {
@@ -310,6 +313,7 @@ impl MappedGraph {
             path: path.to_path_buf(),
             spec,
             bytes: std::sync::Arc::new(map),
+            on_disk: false,
         })
     }
 }
@@ -379,6 +383,7 @@ fn map_graph(dir: &Path, spec: &GraphSpec, verify: bool) -> Result<MappedGraph> 
         path,
         spec: spec.clone(),
         bytes: std::sync::Arc::new(bytes),
+        on_disk: true,
     })
 }
 

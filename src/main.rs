@@ -167,6 +167,36 @@ enum Cmd {
     },
 }
 
+/// Where graphs run and within what limits: the settings `plan`, `bench` and `profile` share.
+#[derive(Args, Debug, Clone, Default, serde::Serialize)]
+struct RunArgs {
+    /// Worker threads (default: the --target profile's, else available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Execution engine: tract or ort (ONNX Runtime; build with --features ort). Default: the
+    /// --target profile's, else tract.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Board profile (targets/NAME.toml, or a path): applies its threads, memory budget (as
+    /// --mem-limit) and backend unless those flags are given.
+    #[arg(long)]
+    target: Option<String>,
+    /// Most heap memory qwm may use, e.g. 512M or 2G: an allocation over it stops the run with a
+    /// clear error (exit status 3) instead of an OOM kill; the peak is reported against it.
+    #[arg(long, allow_hyphen_values = true)]
+    mem_limit: Option<String>,
+    /// Path of libonnxruntime for --backend ort (else ORT_DYLIB_PATH, else the onnxruntime Python
+    /// package).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// Keep the weights in the mapped graph files where the engine allows it: ONNX Runtime reads
+    /// them from the file as external data with weight prepacking off (less memory, some speed
+    /// lost). tract always loads each weight once, straight from the mapping.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    low_mem: bool,
+}
+
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
 struct BenchArgs {
@@ -184,9 +214,8 @@ struct BenchArgs {
     /// Batch size (CEM candidates per predictor call; DINO-WM's Wall budget is 300).
     #[arg(long, default_value_t = 300)]
     batch: usize,
-    /// Worker threads (default: available cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
     /// Timed calls.
     #[arg(long, default_value_t = 20)]
     iters: usize,
@@ -196,18 +225,6 @@ struct BenchArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Execution engine: tract or ort. Default: the --target profile's, else tract.
-    #[arg(long)]
-    backend: Option<String>,
-    /// Board profile (targets/NAME.toml, or a path): threads, memory budget and backend.
-    #[arg(long)]
-    target: Option<String>,
-    /// Most heap memory qwm may use, e.g. 512M (see `qwm plan --help`).
-    #[arg(long, allow_hyphen_values = true)]
-    mem_limit: Option<String>,
-    /// Path of libonnxruntime for --backend ort.
-    #[arg(long)]
-    ort_lib: Option<PathBuf>,
     /// Also time onnxruntime's Python API on the same graph (runs --python-script) and print
     /// qwm's throughput relative to it.
     #[arg(long)]
@@ -247,21 +264,8 @@ struct ProfileArgs {
     /// Candidates per predictor call (default: all samples, or what --mem-limit allows).
     #[arg(long)]
     chunk: Option<usize>,
-    /// Worker threads (default: the target's, else available cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Execution engine: tract or ort.
-    #[arg(long)]
-    backend: Option<String>,
-    /// Board profile (targets/NAME.toml or a path): threads, memory budget, backend.
-    #[arg(long)]
-    target: Option<String>,
-    /// Most heap memory qwm may use, e.g. 512M.
-    #[arg(long, allow_hyphen_values = true)]
-    mem_limit: Option<String>,
-    /// Path of libonnxruntime for --backend ort.
-    #[arg(long)]
-    ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
     /// Timed calls per graph in the per-operator profile (0: skip it).
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -399,24 +403,9 @@ struct PlanArgs {
     /// Candidates per predictor call (default: all samples at once).
     #[arg(long)]
     chunk: Option<usize>,
-    /// Worker threads (default: available cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Execution engine: tract or ort (ONNX Runtime; build with --features ort). Default: the
-    /// --target profile's, else tract.
-    #[arg(long)]
-    backend: Option<String>,
-    /// Board profile (targets/NAME.toml, or a path): applies its threads, memory budget (as
-    /// --mem-limit) and backend unless those flags are given.
-    #[arg(long)]
-    target: Option<String>,
-    /// Most heap memory qwm may use, e.g. 512M or 2G: an allocation over it stops the run with a
-    /// clear error (exit status 3) instead of an OOM kill; the peak is reported against it.
-    #[arg(long, allow_hyphen_values = true)]
-    mem_limit: Option<String>,
-    /// Path of libonnxruntime for --backend ort (else ORT_DYLIB_PATH, else the onnxruntime Python package).
-    #[arg(long)]
-    ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    run: RunArgs,
     /// Write the full report as JSON (rewritten after every episode, so an interrupted run keeps
     /// its finished episodes).
     #[arg(long)]
@@ -708,12 +697,13 @@ fn default_threads(flag: Option<usize>) -> Result<usize> {
 }
 
 /// Threads, backend name and memory limit after applying a board profile under explicit flags.
-fn resolve_run_settings(
-    threads: Option<usize>,
-    backend: Option<&str>,
-    target: Option<&str>,
-    mem_limit: Option<&str>,
-) -> Result<(usize, String, Option<u64>)> {
+fn resolve_run_settings(run: &RunArgs) -> Result<(usize, String, Option<u64>)> {
+    let (threads, backend, target, mem_limit) = (
+        run.threads,
+        run.backend.as_deref(),
+        run.target.as_deref(),
+        run.mem_limit.as_deref(),
+    );
     let profile = target.map(qwm::target::load).transpose()?;
     if let Some(p) = &profile {
         if !p.triple.starts_with(qwm::target::host_arch()) {
@@ -810,8 +800,11 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> 
             cmd.args(["--warmup", &args.warmup.to_string()]);
             cmd.args(["--seed", &args.seed.to_string()]);
             cmd.arg("--json").arg(&json);
-            if let Some(l) = &args.ort_lib {
+            if let Some(l) = &args.run.ort_lib {
                 cmd.arg("--ort-lib").arg(l);
+            }
+            if args.run.low_mem {
+                cmd.arg("--low-mem");
             }
             let out = cmd.output().context("running qwm bench")?;
             if !out.status.success() {
@@ -911,19 +904,14 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> 
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
-    let (threads, backend_name, _) = resolve_run_settings(
-        args.threads,
-        args.backend.as_deref(),
-        args.target.as_deref(),
-        args.mem_limit.as_deref(),
-    )?;
+    let (threads, backend_name, _) = resolve_run_settings(&args.run)?;
     if args.model.len() > 1 || args.graph.as_deref() == Some("both") {
         return bench_compare(&args, threads, &backend_name);
     }
     let model = args.model[0].clone();
     let graph = args.graph.clone().unwrap_or_else(|| "predictor".into());
     let bundle = Bundle::open(&model)?;
-    let backend = make_backend_with(&backend_name, args.ort_lib.as_deref())?;
+    let backend = make_backend_with(&backend_name, args.run.ort_lib.as_deref())?;
     let cfg = qwm::bench::BenchConfig {
         graph: graph.clone(),
         batch: args.batch,
@@ -931,6 +919,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         iters: args.iters,
         warmup: args.warmup,
         seed: args.seed,
+        low_mem: args.run.low_mem,
     };
     let r = qwm::bench::bench_graph(&bundle, backend.as_ref(), &cfg)?;
     println!(
@@ -947,6 +936,14 @@ fn bench(args: BenchArgs) -> Result<()> {
         r.p50_ms, r.p95_ms, r.mean_ms
     );
     println!("  throughput         {:.0} items/s", r.items_per_s);
+    let fb = qwm::profile::fmt_bytes;
+    println!(
+        "  memory             resident {}, load peak {} (RSS); heap {} after load, {} at most while loading",
+        fb(r.resident_bytes()),
+        fb(r.load_peak_bytes()),
+        fb(r.heap_after_load),
+        fb(r.heap_peak_load)
+    );
     let mut py = None;
     if args.vs_python {
         let spec = if graph == "encoder" {
@@ -984,12 +981,7 @@ fn plan(args: PlanArgs) -> Result<()> {
     if args.episodes == 0 {
         bail!("--episodes must be at least 1");
     }
-    let (threads, backend_name, mem_limit) = resolve_run_settings(
-        args.threads,
-        args.backend.as_deref(),
-        args.target.as_deref(),
-        args.mem_limit.as_deref(),
-    )?;
+    let (threads, backend_name, mem_limit) = resolve_run_settings(&args.run)?;
     let planner: Box<dyn Planner> = match args.planner {
         PlannerKind::Cem => Box::new(Cem::new(
             args.samples,
@@ -1018,7 +1010,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
         let _ = std::fs::remove_file(&tmp);
     }
-    let backend = make_backend_with(&backend_name, args.ort_lib.as_deref())?;
+    let backend = make_backend_with(&backend_name, args.run.ort_lib.as_deref())?;
     let t0 = Instant::now();
     let bundle = Bundle::open(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
@@ -1042,7 +1034,14 @@ fn plan(args: PlanArgs) -> Result<()> {
             args.model.display()
         );
     }
-    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &LoadOptions { threads })?;
+    let mut wm = WorldModel::load(
+        &bundle,
+        backend.as_ref(),
+        &LoadOptions {
+            threads,
+            low_mem: args.run.low_mem,
+        },
+    )?;
     drop(bundle);
     let load_time_s = t0.elapsed().as_secs_f64();
     let load_peak = qwm::profile::peak_rss_bytes();
@@ -1197,12 +1196,7 @@ fn plan(args: PlanArgs) -> Result<()> {
 
 fn profile(args: ProfileArgs) -> Result<()> {
     use qwm::profile::fmt_bytes;
-    let (threads, backend_name, mem_limit) = resolve_run_settings(
-        args.threads,
-        args.backend.as_deref(),
-        args.target.as_deref(),
-        args.mem_limit.as_deref(),
-    )?;
+    let (threads, backend_name, mem_limit) = resolve_run_settings(&args.run)?;
     let planner = Cem::new(args.samples, args.topk, args.opt_steps, 1.0)?;
     let mut cfg = MpcConfig {
         horizon: args.horizon,
@@ -1211,12 +1205,19 @@ fn profile(args: ProfileArgs) -> Result<()> {
         chunk: args.chunk.unwrap_or(args.samples),
     };
     cfg.validate()?;
-    let backend = make_backend_with(&backend_name, args.ort_lib.as_deref())?;
+    let backend = make_backend_with(&backend_name, args.run.ort_lib.as_deref())?;
     let heap0 = qwm::mem::current_bytes() as u64;
     let t0 = Instant::now();
     let bundle = Bundle::open(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &LoadOptions { threads })?;
+    let mut wm = WorldModel::load(
+        &bundle,
+        backend.as_ref(),
+        &LoadOptions {
+            threads,
+            low_mem: args.run.low_mem,
+        },
+    )?;
     let load_s = t0.elapsed().as_secs_f64();
     let heap_loaded = qwm::mem::current_bytes() as u64;
     let rss_loaded = qwm::profile::rss_bytes();
@@ -1363,8 +1364,10 @@ fn op_profile(
             args.top,
         )?),
         #[cfg(feature = "ort")]
-        "ort" => Ok(qwm::backend::ort::OrtBackend::new(args.ort_lib.as_deref())?
-            .op_profile(graph, batch, threads, args.reps, args.top)?),
+        "ort" => Ok(
+            qwm::backend::ort::OrtBackend::new(args.run.ort_lib.as_deref())?
+                .op_profile(graph, batch, threads, args.reps, args.top)?,
+        ),
         other => bail!("--backend {other}: no per-operator profile for this backend"),
     }
 }
@@ -1552,11 +1555,12 @@ fn fit(args: FitArgs) -> Result<()> {
             var_scale: 1.0,
             temperature: 0.1,
             chunk: None,
-            threads: Some(threads),
-            backend: Some(args.backend.clone()),
-            target: None,
-            mem_limit: None,
-            ort_lib: args.ort_lib.clone(),
+            run: RunArgs {
+                threads: Some(threads),
+                backend: Some(args.backend.clone()),
+                ort_lib: args.ort_lib.clone(),
+                ..RunArgs::default()
+            },
             json: Some(json.clone()),
             resume: true,
             save_frames: None,

@@ -142,7 +142,7 @@ pub fn verify(bundle: &Bundle, backend: &dyn Backend, threads: usize) -> Result<
             ));
         }
     }
-    let opts = LoadOptions { threads };
+    let opts = LoadOptions::with_threads(threads);
     let mut checks = Vec::new();
     let enc = backend.load(&bundle.encoder, &opts)?;
     checks.extend(run_graph(
@@ -206,7 +206,7 @@ fn rollout(bundle: &Bundle, backend: &dyn Backend, threads: usize) -> Result<Vec
         .collect();
     let (batch, horizon) = (act.shape()[0], act.shape()[1]);
     let actions: Vec<f32> = act.iter().copied().collect();
-    let mut wm = WorldModel::load(bundle, backend, &LoadOptions { threads })?;
+    let mut wm = WorldModel::load(bundle, backend, &LoadOptions::with_threads(threads))?;
     let out = wm.rollout(&history, &rows(&past), &actions, batch, horizon)?;
     Ok(vec![
         check(

@@ -79,7 +79,7 @@ fn objective_reads_token_zero_of_per_token_proprio() {
     let wm = WorldModel::load(
         &b,
         make_backend("tract").unwrap().as_ref(),
-        &LoadOptions { threads: 1 },
+        &LoadOptions::with_threads(1),
     )
     .unwrap();
     let m = &wm.manifest;
@@ -160,7 +160,7 @@ fn exported_bundle_quantizes_and_plans() {
     let b = Bundle::open(&q).unwrap();
     let tract = make_backend("tract").unwrap();
     let pred = tract
-        .load(&b.predictor, &LoadOptions { threads: 1 })
+        .load(&b.predictor, &LoadOptions::with_threads(1))
         .unwrap();
     let out = run_predictor_fixture(&dinowm_tiny(), pred.as_ref());
     let want = npy(&dinowm_tiny(), "predictor_next_visual");

@@ -15,7 +15,7 @@ fn run_both(dir: &std::path::Path) {
     for name in ["tract", "ort"] {
         let backend = make_backend(name).unwrap();
         let enc = backend
-            .load(&b.encoder, &LoadOptions { threads: 2 })
+            .load(&b.encoder, &LoadOptions::with_threads(2))
             .unwrap();
         check_fixture(
             dir,
@@ -25,7 +25,7 @@ fn run_both(dir: &std::path::Path) {
             name,
         );
         let pred = backend
-            .load(&b.predictor, &LoadOptions { threads: 2 })
+            .load(&b.predictor, &LoadOptions::with_threads(2))
             .unwrap();
         let out = run_predictor_fixture(dir, pred.as_ref());
         check_fixture(
@@ -89,10 +89,10 @@ fn quantized_forms_agree_across_backends() {
         let mut outs = vec![];
         for backend in [&tract, &ort] {
             let enc = backend
-                .load(&b.encoder, &LoadOptions { threads: 1 })
+                .load(&b.encoder, &LoadOptions::with_threads(1))
                 .unwrap();
             let pred = backend
-                .load(&b.predictor, &LoadOptions { threads: 1 })
+                .load(&b.predictor, &LoadOptions::with_threads(1))
                 .unwrap();
             let mut o = run_encoder_fixture(&src, enc.as_ref());
             o.extend(run_predictor_fixture(&src, pred.as_ref()));
@@ -132,7 +132,7 @@ fn planner_picks_the_same_best_candidate_on_both_backends() {
     let mut scores = vec![];
     for name in ["tract", "ort"] {
         let backend = make_backend(name).unwrap();
-        let mut wm = WorldModel::load(&b, backend.as_ref(), &LoadOptions { threads: 2 }).unwrap();
+        let mut wm = WorldModel::load(&b, backend.as_ref(), &LoadOptions::with_threads(2)).unwrap();
         let z = wm.encode(&[&frame], &[&env.proprio()]).unwrap().remove(0);
         let g = wm
             .encode(&[&goal_frame], &[&env.proprio_of(&task.goal)])
@@ -188,8 +188,9 @@ fn bench_compares_against_onnxruntime_python() {
 fn plan_runs_the_same_episode_on_both_backends() {
     let tmp = tempfile::tempdir().unwrap();
     let mut finals = vec![];
-    for backend in ["tract", "ort"] {
-        let json = tmp.path().join(format!("{backend}.json"));
+    // `--low-mem` (ONNX Runtime reads the weights from the file, unpacked) plans the same episode
+    for (backend, low_mem) in [("tract", false), ("ort", false), ("ort", true)] {
+        let json = tmp.path().join(format!("{backend}{low_mem}.json"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
             .current_dir(root())
             .args([
@@ -211,6 +212,7 @@ fn plan_runs_the_same_episode_on_both_backends() {
                 "--json",
             ])
             .arg(&json)
+            .args(low_mem.then_some("--low-mem"))
             .output()
             .unwrap();
         assert!(
@@ -220,12 +222,18 @@ fn plan_runs_the_same_episode_on_both_backends() {
         );
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(
+            v["config"]["args"]["low_mem"].as_bool().unwrap_or(false),
+            low_mem
+        );
         finals.push(v["episodes"][0]["final_state"].clone());
     }
-    let (a, b) = (finals[0].as_array().unwrap(), finals[1].as_array().unwrap());
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-        assert!((x - y).abs() < 1e-3, "final states differ: {a:?} vs {b:?}");
+    let a = finals[0].as_array().unwrap();
+    for b in [finals[1].as_array().unwrap(), finals[2].as_array().unwrap()] {
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() < 1e-3, "final states differ: {a:?} vs {b:?}");
+        }
     }
 }
 
@@ -329,9 +337,63 @@ fn matmulnbits_accuracy_level_4_is_applied_and_close() {
         let b = Bundle::open(&out).unwrap();
         let rec = &b.manifest.quantization["predictor"]["accuracy_level"];
         assert_eq!(rec.as_u64(), (level != 0).then_some(level as u64));
-        let s = ort.load(&b.predictor, &LoadOptions { threads: 1 }).unwrap();
+        let s = ort
+            .load(&b.predictor, &LoadOptions::with_threads(1))
+            .unwrap();
         outs.push(run_predictor_fixture(&wall(), s.as_ref()).remove(0).data);
     }
     let e = rel_err(&outs[1], &outs[0]);
     assert!(e > 0.0 && e <= 5e-2, "level 4 vs level 0 rel err {e}");
+}
+
+/// A graph on disk reaches ONNX Runtime as its structure plus external data pointing into the
+/// file (the default) or, with `low_mem`, also without prepacking. Both must compute what the
+/// whole protobuf handed over in memory computes: bitwise for the default (same kernels, same
+/// packing), within 1e-5 relative without prepacking (another accumulation order). A graph built
+/// in memory cannot be read from a file, so `low_mem` refuses it by name.
+#[test]
+fn weights_read_from_the_graph_file_give_the_same_numbers() {
+    use qwm::bundle::MappedGraph;
+    let ort = make_backend("ort").unwrap();
+    for dir in [wall(), tiny_h3()] {
+        let b = Bundle::open(&dir).unwrap();
+        let outputs = |g: &MappedGraph, opts: &LoadOptions, enc: bool| {
+            let s = ort.load(g, opts).unwrap();
+            if enc {
+                run_encoder_fixture(&dir, s.as_ref())
+            } else {
+                run_predictor_fixture(&dir, s.as_ref())
+            }
+        };
+        for (g, enc) in [(&b.encoder, true), (&b.predictor, false)] {
+            let in_memory = MappedGraph::from_bytes(&g.path, &g.bytes[..], g.spec.clone()).unwrap();
+            assert!(g.on_disk && !in_memory.on_disk);
+            let one = LoadOptions::with_threads(1);
+            let low = LoadOptions {
+                threads: 1,
+                low_mem: true,
+            };
+            let reference = outputs(&in_memory, &one, enc);
+            let from_file = outputs(g, &one, enc);
+            let low_mem = outputs(g, &low, enc);
+            for ((r, f), l) in reference.iter().zip(&from_file).zip(&low_mem) {
+                assert!(r.data.iter().all(|v| v.is_finite()));
+                assert_eq!(r.shape, f.shape);
+                assert_eq!(r.data, f.data, "{}: {}", dir.display(), g.spec.file);
+                let e = rel_err(&l.data, &r.data);
+                assert!(
+                    e <= 1e-5,
+                    "{} {} --low-mem rel err {e}",
+                    dir.display(),
+                    g.spec.file
+                );
+            }
+            let e = ort
+                .load(&in_memory, &low)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains("--low-mem") && e.contains(&g.spec.file), "{e}");
+        }
+    }
 }

@@ -307,6 +307,7 @@ fn run_graph_on(
         path: p.clone(),
         spec,
         bytes: std::sync::Arc::new(unsafe { memmap2::Mmap::map(&f).unwrap() }),
+        on_disk: true,
     };
     let s = make_backend(backend)
         .unwrap()
@@ -539,7 +540,7 @@ fn deploy_form_bundles_match_the_simulate_form() {
             for be in backends() {
                 let s = make_backend(be)
                     .unwrap()
-                    .load(&b.predictor, &LoadOptions { threads: 1 })
+                    .load(&b.predictor, &LoadOptions::with_threads(1))
                     .unwrap();
                 outs.push((be, form, run_predictor_fixture(&wall(), s.as_ref())));
             }

@@ -2,6 +2,7 @@
 //!
 //! A [`Backend`] loads a mapped graph into a [`Session`]; a session runs it on named f32 tensors.
 
+pub mod external_data;
 #[cfg(feature = "ort")]
 pub mod ort;
 pub mod tract;
@@ -54,11 +55,25 @@ pub struct TensorRef<'a> {
 pub struct LoadOptions {
     /// Worker threads for one call (the batch is split across them).
     pub threads: usize,
+    /// Keep the weights in the mapped graph file where the engine allows it (ONNX Runtime:
+    /// external data read from the file, prepacking off). tract ignores it: it always copies
+    /// each weight once, straight from the mapping.
+    pub low_mem: bool,
+}
+
+impl LoadOptions {
+    /// `threads` workers, weights loaded the engine's default way.
+    pub fn with_threads(threads: usize) -> LoadOptions {
+        LoadOptions {
+            threads,
+            low_mem: false,
+        }
+    }
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { threads: 1 }
+        LoadOptions::with_threads(1)
     }
 }
 

@@ -202,10 +202,21 @@ impl Backend for OrtBackend {
 
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
         let name = graph.spec.file.clone();
-        let mut builder = self.builder(&name, opts.threads)?;
-        let session = builder
-            .commit_from_memory(&graph.bytes[..])
-            .map_err(|e| err(&name, format!("cannot load graph: {e}")))?;
+        let builder = self.builder(&name, opts.threads)?;
+        let session = if graph.on_disk {
+            load_from_file(builder, graph, opts.low_mem)?
+        } else if opts.low_mem {
+            return Err(err(
+                &name,
+                "--low-mem reads weights from the graph file, but this graph was built in \
+                 memory; load it without --low-mem",
+            ));
+        } else {
+            let mut builder = builder;
+            builder
+                .commit_from_memory(&graph.bytes[..])
+                .map_err(|e| err(&name, format!("cannot load graph: {e}")))?
+        };
         crate::mem::release_free_memory();
         let have_in: Vec<String> = session
             .inputs()
@@ -233,6 +244,66 @@ impl Backend for OrtBackend {
         }
         Ok(Box::new(OrtSession::new(name, session, graph)))
     }
+}
+
+/// Load a graph that is a file on disk: ONNX Runtime gets the graph's structure only, with every
+/// large initializer as external data at its own offset in that file (see
+/// [`super::external_data`]), and maps the weights from the file itself. Handing it the whole
+/// protobuf instead made it hold a decoded copy of every weight next to its prepacked one while
+/// loading (full-size float predictor: load peak 134.8 MiB for 88.0 MiB resident).
+///
+/// `low_mem` also turns weight prepacking off, so that ONNX Runtime keeps no repacked copy and
+/// reads the weights from the mapped file at every call.
+fn load_from_file(
+    builder: ::ort::session::builder::SessionBuilder,
+    graph: &MappedGraph,
+    low_mem: bool,
+) -> Result<::ort::session::Session> {
+    let name = &graph.spec.file;
+    let (Some(dir), Some(file)) = (
+        graph.path.parent(),
+        graph.path.file_name().and_then(|f| f.to_str()),
+    ) else {
+        return Err(err(
+            name,
+            format!("{}: not a file path", graph.path.display()),
+        ));
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    let ext = super::external_data::externalize(
+        &graph.bytes[..],
+        file,
+        super::external_data::DEFAULT_MIN_BYTES,
+    )
+    .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
+    log::debug!(
+        "{name}: {} initializers ({} bytes) read from {} by ONNX Runtime; graph protobuf {} bytes",
+        ext.tensors,
+        ext.moved_bytes,
+        graph.path.display(),
+        ext.proto.len()
+    );
+    let dir_text = dir
+        .to_str()
+        .ok_or_else(|| err(name, format!("folder {} is not UTF-8", dir.display())))?;
+    let builder = if low_mem {
+        builder.with_prepacking(false).map_err(|e| err(name, e))?
+    } else {
+        builder
+    };
+    let mut builder = builder
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            dir_text,
+        )
+        .map_err(|e| err(name, e))?;
+    builder
+        .commit_from_memory(&ext.proto)
+        .map_err(|e| err(name, format!("cannot load graph: {e}")))
 }
 
 impl OrtSession {

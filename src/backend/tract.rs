@@ -89,13 +89,15 @@ impl Backend for TractBackend {
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
         // A panic inside tract on a malformed graph becomes an error naming the graph.
         let name = graph.spec.file.clone();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_tract(graph, opts)))
-            .unwrap_or_else(|p| {
-                Err(err(
-                    &name,
-                    format!("tract panicked while loading: {}", panic_text(&p)),
-                ))
-            });
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::mem::with_large_allocations_unmapped(|| load_tract(graph, opts))
+        }))
+        .unwrap_or_else(|p| {
+            Err(err(
+                &name,
+                format!("tract panicked while loading: {}", panic_text(&p)),
+            ))
+        });
         crate::mem::release_free_memory();
         r
     }
@@ -107,6 +109,39 @@ fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     super::tract_nbits::register(&mut onnx);
     onnx
+}
+
+/// Import a graph file with its weights read straight from the mapping: the protobuf is
+/// rewritten with the large initializers as external data into the same file (see
+/// [`super::external_data`]), so only the graph's structure is decoded and each weight is copied
+/// once, into its tract tensor. The usual decode peaked at twice the weights (full-size
+/// predictor: 155 MiB of heap for 77 MiB of weights).
+fn import(bytes: &Arc<memmap2::Mmap>, name: &str) -> Result<InferenceModel> {
+    let ext =
+        super::external_data::externalize(&bytes[..], ".", super::external_data::DEFAULT_MIN_BYTES)
+            .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
+    let proto = tract_onnx::pb::ModelProto::decode(&ext.proto[..])
+        .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
+    drop(ext);
+    let mut onnx = onnx();
+    onnx.provider = Arc::new(super::external_data::MappedResolver {
+        bytes: bytes.clone(),
+    });
+    // tract resolves a location against a model folder before asking the provider; "." inside
+    // "/" always resolves, and the provider reads from the mapping whatever the path.
+    let parsed = onnx
+        .parse(&proto, Some("/"))
+        .map_err(|e| err(name, format!("cannot import graph: {e:#}")))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(err(
+            name,
+            format!(
+                "cannot import graph: unresolved inputs {:?}",
+                parsed.unresolved_inputs
+            ),
+        ));
+    }
+    Ok(parsed.model)
 }
 
 /// The text of a caught panic.
@@ -232,12 +267,19 @@ impl TractSession {
 
     /// Import, type and optimize the graph with the batch dimension fixed, or symbolic (`None`).
     fn build(&self, batch: Option<usize>) -> Result<Plan> {
-        let proto = tract_onnx::pb::ModelProto::decode(&self.bytes[..])
-            .map_err(|e| err(&self.name, format!("not a valid ONNX protobuf: {e}")))?;
-        let mut model = onnx()
-            .model_for_proto_model(&proto)
-            .map_err(|e| err(&self.name, format!("cannot import graph: {e:#}")))?;
-        drop(proto);
+        let phase = |what: &str| {
+            log::debug!(
+                "{}: {what}: heap {:.1} MiB (peak {:.1} MiB), RSS {:.1} MiB (peak {:.1} MiB)",
+                self.name,
+                crate::mem::current_bytes() as f64 / 1048576.0,
+                crate::mem::peak_bytes() as f64 / 1048576.0,
+                crate::profile::rss_bytes() as f64 / 1048576.0,
+                crate::profile::peak_rss_bytes() as f64 / 1048576.0
+            )
+        };
+        phase("before decoding");
+        let mut model = import(&self.bytes, &self.name)?;
+        phase("imported");
         let b: TDim = match batch {
             Some(b) => b.to_dim(),
             None => model.sym("B").to_dim(),
@@ -260,7 +302,14 @@ impl TractSession {
         let at = batch
             .map(|b| format!("batch {b}"))
             .unwrap_or_else(|| "a symbolic batch".into());
-        model
+        let typed = model.into_typed().map_err(|e| {
+            err(
+                &self.name,
+                format!("graph does not type-check with the manifest's shapes at {at}: {e:#}"),
+            )
+        })?;
+        phase("typed");
+        let plan = typed
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(|e| {
@@ -268,7 +317,9 @@ impl TractSession {
                     &self.name,
                     format!("graph does not type-check with the manifest's shapes at {at}: {e:#}"),
                 )
-            })
+            })?;
+        phase("optimized");
+        Ok(plan)
     }
 
     fn run_part(
@@ -373,12 +424,7 @@ pub fn op_profile(
     top: usize,
 ) -> Result<super::OpProfile> {
     let name = graph.spec.file.clone();
-    let proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
-        .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
-    let mut model = onnx()
-        .model_for_proto_model(&proto)
-        .map_err(|e| err(&name, format!("cannot import graph: {e:#}")))?;
-    drop(proto);
+    let mut model = import(&graph.bytes, &name)?;
     let inputs = crate::bench::random_inputs(graph, batch, 0);
     let mut tv: TVec<TValue> = tvec![];
     for (i, (n, shape, data)) in inputs.iter().enumerate() {

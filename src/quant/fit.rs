@@ -232,9 +232,7 @@ impl Fitter {
                 )));
             }
         }
-        let opts = LoadOptions {
-            threads: cfg.threads,
-        };
+        let opts = LoadOptions::with_threads(cfg.threads);
         let mut wm = WorldModel::load(&bundle, backend, &opts)?;
         let probe = make_probe(&wm, cfg)?;
         let reference = objectives(&mut wm, &probe)?;

@@ -184,9 +184,7 @@ fn calibrate(
     let mut wm = WorldModel::load_tapped(
         bundle,
         backend,
-        &LoadOptions {
-            threads: cfg.threads,
-        },
+        &LoadOptions::with_threads(cfg.threads),
         taps,
         Calibration::new(512),
     )?;
