@@ -197,6 +197,17 @@ struct RunArgs {
     low_mem: bool,
 }
 
+impl RunArgs {
+    /// How the backend loads graphs: `threads` (as resolved from the flags and the target
+    /// profile) and `--low-mem`.
+    fn load_options(&self, threads: usize) -> LoadOptions {
+        LoadOptions {
+            threads,
+            low_mem: self.low_mem,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
 struct BenchArgs {
@@ -1034,14 +1045,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             args.model.display()
         );
     }
-    let mut wm = WorldModel::load(
-        &bundle,
-        backend.as_ref(),
-        &LoadOptions {
-            threads,
-            low_mem: args.run.low_mem,
-        },
-    )?;
+    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &args.run.load_options(threads))?;
     drop(bundle);
     let load_time_s = t0.elapsed().as_secs_f64();
     let load_peak = qwm::profile::peak_rss_bytes();
@@ -1210,14 +1214,7 @@ fn profile(args: ProfileArgs) -> Result<()> {
     let t0 = Instant::now();
     let bundle = Bundle::open(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let mut wm = WorldModel::load(
-        &bundle,
-        backend.as_ref(),
-        &LoadOptions {
-            threads,
-            low_mem: args.run.low_mem,
-        },
-    )?;
+    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &args.run.load_options(threads))?;
     let load_s = t0.elapsed().as_secs_f64();
     let heap_loaded = qwm::mem::current_bytes() as u64;
     let rss_loaded = qwm::profile::rss_bytes();

@@ -133,14 +133,11 @@ impl OrtBackend {
         let name = graph.spec.file.clone();
         let dir = std::env::temp_dir().join(format!("qwm-ort-profile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| QwmError::io(&dir, e))?;
-        let builder = self.builder(&name, threads)?;
-        let mut builder = builder
+        let builder = self
+            .builder(&name, threads)?
             .with_profiling(dir.join("profile"))
             .map_err(|e| err(&name, e))?;
-        let session = builder
-            .commit_from_memory(&graph.bytes[..])
-            .map_err(|e| err(&name, format!("cannot load graph: {e}")))?;
-        crate::mem::release_free_memory();
+        let session = commit(builder, graph, false)?;
         let s = OrtSession::new(name.clone(), session, graph);
         let data = crate::bench::random_inputs(graph, batch, 0);
         let refs: Vec<(&str, TensorRef<'_>)> = data
@@ -202,22 +199,7 @@ impl Backend for OrtBackend {
 
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
         let name = graph.spec.file.clone();
-        let builder = self.builder(&name, opts.threads)?;
-        let session = if graph.on_disk {
-            load_from_file(builder, graph, opts.low_mem)?
-        } else if opts.low_mem {
-            return Err(err(
-                &name,
-                "--low-mem reads weights from the graph file, but this graph was built in \
-                 memory; load it without --low-mem",
-            ));
-        } else {
-            let mut builder = builder;
-            builder
-                .commit_from_memory(&graph.bytes[..])
-                .map_err(|e| err(&name, format!("cannot load graph: {e}")))?
-        };
-        crate::mem::release_free_memory();
+        let session = commit(self.builder(&name, opts.threads)?, graph, opts.low_mem)?;
         let have_in: Vec<String> = session
             .inputs()
             .iter()
@@ -244,6 +226,33 @@ impl Backend for OrtBackend {
         }
         Ok(Box::new(OrtSession::new(name, session, graph)))
     }
+}
+
+/// Create the session for `graph`: from its file when it is one (see [`load_from_file`]), else
+/// from the protobuf in memory, which `low_mem` cannot serve. Freed load-time memory goes back to
+/// the OS.
+fn commit(
+    builder: ::ort::session::builder::SessionBuilder,
+    graph: &MappedGraph,
+    low_mem: bool,
+) -> Result<::ort::session::Session> {
+    let name = &graph.spec.file;
+    let session = if graph.on_disk {
+        load_from_file(builder, graph, low_mem)?
+    } else if low_mem {
+        return Err(err(
+            name,
+            "--low-mem reads weights from the graph file, but this graph was built in memory; \
+             load it without --low-mem",
+        ));
+    } else {
+        let mut builder = builder;
+        builder
+            .commit_from_memory(&graph.bytes[..])
+            .map_err(|e| err(name, format!("cannot load graph: {e}")))?
+    };
+    crate::mem::release_free_memory();
+    Ok(session)
 }
 
 /// Load a graph that is a file on disk: ONNX Runtime gets the graph's structure only, with every

@@ -302,22 +302,18 @@ impl TractSession {
         let at = batch
             .map(|b| format!("batch {b}"))
             .unwrap_or_else(|| "a symbolic batch".into());
-        let typed = model.into_typed().map_err(|e| {
+        let untyped = |e: TractError| {
             err(
                 &self.name,
                 format!("graph does not type-check with the manifest's shapes at {at}: {e:#}"),
             )
-        })?;
+        };
+        let typed = model.into_typed().map_err(untyped)?;
         phase("typed");
         let plan = typed
             .into_optimized()
             .and_then(|m| m.into_runnable())
-            .map_err(|e| {
-                err(
-                    &self.name,
-                    format!("graph does not type-check with the manifest's shapes at {at}: {e:#}"),
-                )
-            })?;
+            .map_err(untyped)?;
         phase("optimized");
         Ok(plan)
     }
