@@ -53,6 +53,11 @@ pub const GOAL_POSE: [f32; 3] = [256.0, 256.0, std::f32::consts::FRAC_PI_4];
 pub const SUCCESS_POS: f32 = 20.0;
 /// Success: bound on the angle error.
 pub const SUCCESS_ANGLE: f32 = std::f32::consts::PI / 9.0;
+/// Speed of the scripted data policy's moves, as a factor on its top relative actions (approach
+/// 0.6, push 0.3, wander 0.2). At 0.6 its data match the reference dataset's normalizers (human
+/// demonstrations): action std about 0.20 per axis and agent speed std about 75 px/s. At 1 (the
+/// first PushT model) they were 0.30 and 112 px/s, and the 25-step goals moved the T 1.5x as far.
+pub const DATA_SPEED: f32 = 0.6;
 /// Control steps of the data policy replayed from a start to make an evaluation goal.
 pub const GOAL_STEPS: usize = 25;
 
@@ -566,7 +571,7 @@ impl PushTDataPolicy {
                 let stand = [p[0] + n[0] * 40.0, p[1] + n[1] * 40.0];
                 *steps += 1;
                 let d = ((stand[0] - agent[0]).powi(2) + (stand[1] - agent[1]).powi(2)).sqrt();
-                let out = toward(stand, 0.8, 0.6);
+                let out = toward(stand, 0.8, 0.6 * DATA_SPEED);
                 if d < 8.0 || *steps > 30 {
                     self.phase = Phase::Push {
                         local: *local,
@@ -584,7 +589,7 @@ impl PushTDataPolicy {
                 let p = Self::to_world(s, *local);
                 let n = Self::rotate(s, *normal);
                 let through = [p[0] - n[0] * 30.0, p[1] - n[1] * 30.0];
-                let out = toward(through, 0.6, 0.3);
+                let out = toward(through, 0.6, 0.3 * DATA_SPEED);
                 *steps = steps.saturating_sub(1);
                 if *steps == 0 {
                     self.phase = Phase::Idle;
@@ -592,7 +597,7 @@ impl PushTDataPolicy {
                 out
             }
             Phase::Wander { steps, dir } => {
-                let out = [dir[0] * 0.2, dir[1] * 0.2];
+                let out = [dir[0] * 0.2 * DATA_SPEED, dir[1] * 0.2 * DATA_SPEED];
                 *steps = steps.saturating_sub(1);
                 if *steps == 0 {
                     self.phase = Phase::Idle;
