@@ -397,3 +397,24 @@ fn weights_read_from_the_graph_file_give_the_same_numbers() {
         }
     }
 }
+
+/// Without any ONNX Runtime library to find (no --ort-lib, no ORT_DYLIB_PATH, no Python on the
+/// PATH) the run stops with one clear message naming the flag once, and a non-zero status.
+#[test]
+fn a_missing_onnx_runtime_is_named_once() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
+        .args(["plan", "--backend", "ort", "--episodes", "1"])
+        .arg("--model")
+        .arg(wall())
+        .env_clear()
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("ONNX Runtime shared library not found"),
+        "{err}"
+    );
+    assert_eq!(err.matches("--backend ort").count(), 1, "{err}");
+}

@@ -3,9 +3,11 @@
 //! A [`Backend`] loads a mapped graph into a [`Session`]; a session runs it on named f32 tensors.
 
 pub mod external_data;
+pub mod int8_gemm;
 #[cfg(feature = "ort")]
 pub mod ort;
 pub mod tract;
+pub mod tract_int8;
 pub mod tract_nbits;
 
 use crate::bundle::MappedGraph;

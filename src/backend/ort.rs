@@ -74,7 +74,7 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
         }
     }
     Err(QwmError::Usage(format!(
-        "--backend ort: ONNX Runtime shared library not found; {hint}"
+        "ONNX Runtime shared library not found; {hint}"
     )))
 }
 

@@ -108,6 +108,7 @@ impl Backend for TractBackend {
 fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     super::tract_nbits::register(&mut onnx);
+    super::tract_int8::register(&mut onnx);
     onnx
 }
 
@@ -120,9 +121,17 @@ fn import(bytes: &Arc<memmap2::Mmap>, name: &str) -> Result<InferenceModel> {
     let ext =
         super::external_data::externalize(&bytes[..], ".", super::external_data::DEFAULT_MIN_BYTES)
             .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
-    let proto = tract_onnx::pb::ModelProto::decode(&ext.proto[..])
+    let mut proto = tract_onnx::pb::ModelProto::decode(&ext.proto[..])
         .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     drop(ext);
+    if let Some(g) = proto
+        .graph
+        .as_mut()
+        .filter(|_| super::tract_int8::enabled())
+    {
+        let fused = super::tract_int8::fuse_int8_linears(g);
+        log::debug!("{name}: {fused} int8 linear chains fused");
+    }
     let mut onnx = onnx();
     onnx.provider = Arc::new(super::external_data::MappedResolver {
         bytes: bytes.clone(),
@@ -154,13 +163,21 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 
 fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
     let name = graph.spec.file.clone();
-    let proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
+    let mut proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
         .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
     let (declared_in, declared_out) = declared_io(&proto);
-    // Integer matmuls (the deploy form's MatMulInteger / QLinearMatMul) only reach tract's int8
-    // kernels when the batch is concrete: with a symbolic batch the plan was measured 3.9x slower
-    // (full-size encoder, batch 1: 332 ms vs 85 ms). Their weights are int8, so per-size plans
-    // cost a quarter of what they cost float graphs.
+    // Integer matmuls (the deploy form's MatMulInteger / QLinearMatMul) that qwm does not fuse
+    // (see [`super::tract_int8`]) only reach tract's int8 kernels when the batch is concrete: with
+    // a symbolic batch the plan was measured 3.9x slower (full-size encoder, batch 1: 332 ms vs
+    // 85 ms). Their weights are int8, so per-size plans cost a quarter of what they cost float
+    // graphs.
+    if let Some(g) = proto
+        .graph
+        .as_mut()
+        .filter(|_| super::tract_int8::enabled())
+    {
+        super::tract_int8::fuse_int8_linears(g);
+    }
     let integer_ops = proto.graph.as_ref().is_some_and(|g| {
         g.node
             .iter()

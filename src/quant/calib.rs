@@ -91,7 +91,7 @@ impl Calibration {
                 st.chan_abssum[c] += v.abs();
             }
             // Keep every 97th row until full: deterministic and spread over the run.
-            if st.sample.len() < keep && (st.rows + r as u64) % 97 == 0 {
+            if st.sample.len() < keep && (st.rows + r as u64).is_multiple_of(97) {
                 st.sample.push(row.to_vec());
             }
         }

@@ -1,0 +1,791 @@
+//! An int8 matrix product for qwm's tract operators: `u8` activations times `i8` weights into
+//! exact `i32` sums, one sum per K block, each block's sum rescaled into an f32 accumulator.
+//!
+//! Why: tract 0.23 keeps per-channel int8 weights and runs its own int8 kernels only around
+//! separate quantize, pack, cast and rescale passes over the activations, and its MatMulNBits
+//! path is float. This kernel fuses those passes: activations are quantized once per call into a
+//! row-major `u8` buffer, weights are laid out once at load in the order the inner loop reads
+//! them, and the rescale happens on registers. On x86-64 with AVX-512 VNNI one `vpdpbusd` does 64
+//! multiply-adds (four f32 FMAs' worth of work in one instruction); elsewhere a portable loop
+//! computes the same integers.
+//!
+//! Semantics, for output row `r` and column `c`:
+//! `Y[r, c] = sum_b a_scale[r, b] * w_scale[b, c] * (sum_{k in b} A[r, k] * W[k, c] - zp * colsum[b, c])`
+//! where `A` is `u8`, `W` is `i8`, `zp` is the activations' zero point and `colsum[b, c]` the sum
+//! of the block's weights (so the bracket is the exact integer `sum (A - zp) * W`). Every sum is
+//! exact in `i32` for the K this crate meets (`K * 255 * 128 < 2^31` up to K = 65 000); the rescale
+//! is one `f32` conversion, one `f32` product of the two scales and one fused multiply-add per
+//! block, in that order on every path.
+
+/// Columns per weight panel: two 512-bit registers of `i32`.
+pub const PANEL: usize = 32;
+/// Rows per tile of the kernels.
+const MR: usize = 6;
+/// Bytes of quantized activations multiplied per pass: they stay in L2 while every panel of
+/// weights streams past them.
+const A_BYTES: usize = 512 * 1024;
+
+/// How the weights are stored between calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Storage {
+    /// `i8` weights in panel order `[panel][block][k / 4][32 columns][4]`, with each panel's
+    /// per-block column sums `[panel][block][32]`.
+    I8 { w: Vec<i8>, sums: Vec<i32> },
+    /// Symmetric 4-bit codes (`code - 8` is the weight), in the same order two codes a byte:
+    /// each 128-weight group of `[32 columns][4]` is 64 bytes, its first 64 weights in the low
+    /// nibbles and its last 64 in the high nibbles.
+    Nibbles(Vec<u8>),
+}
+
+/// Weights laid out for [`matmul`]: `K x N` in `n_blocks` blocks of `block` rows along K, with
+/// one scale per block and column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedWeights {
+    k: usize,
+    n: usize,
+    /// Rows of K per block, a multiple of 4 (the last block may end in padding rows of zeros).
+    block: usize,
+    n_blocks: usize,
+    storage: Storage,
+    /// `[panel][block][32]` scales (zero for padding columns).
+    scales: Vec<f32>,
+}
+
+impl PackedWeights {
+    fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    /// Weights of one panel: `n_blocks * block * PANEL`.
+    fn panel_len(&self) -> usize {
+        self.n_blocks * self.block * PANEL
+    }
+
+    /// `i8` weights `w[k][n]` (row-major `K x N`), one block over all of K, per-column `scales`.
+    pub fn from_i8(k: usize, n: usize, w: &[i8], scales: &[f32]) -> Self {
+        assert_eq!(w.len(), k * n, "weights must be K x N");
+        assert_eq!(scales.len(), n, "one scale a column");
+        let block = k.div_ceil(4) * 4;
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![0i8; panels * block * PANEL];
+        let mut sums = vec![0i32; panels * PANEL];
+        let mut sc = vec![0f32; panels * PANEL];
+        for c in 0..n {
+            let (p, j) = (c / PANEL, c % PANEL);
+            sc[p * PANEL + j] = scales[c];
+            for kk in 0..k {
+                let v = w[kk * n + c];
+                data[p * block * PANEL + (kk / 4) * 4 * PANEL + j * 4 + kk % 4] = v;
+                sums[p * PANEL + j] += v as i32;
+            }
+        }
+        PackedWeights {
+            k,
+            n,
+            block,
+            n_blocks: 1,
+            storage: Storage::I8 { w: data, sums },
+            scales: sc,
+        }
+    }
+
+    /// Symmetric 4-bit codes as `MatMulNBits` stores them (`[N][blocks][block / 2]`, low nibble
+    /// first, weight = `(code - 8) * scale`), with `scales[n][block]`.
+    pub fn from_nbits4(k: usize, n: usize, block: usize, codes: &[u8], scales: &[f32]) -> Self {
+        assert!(
+            block.is_multiple_of(4) && block > 0,
+            "block must be a multiple of 4"
+        );
+        let n_blocks = k.div_ceil(block);
+        assert_eq!(
+            codes.len(),
+            n * n_blocks * block / 2,
+            "codes must be N x blocks x block/2"
+        );
+        assert_eq!(scales.len(), n * n_blocks, "one scale a block");
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![0x88u8; panels * n_blocks * block * PANEL / 2];
+        let mut sc = vec![0f32; panels * n_blocks * PANEL];
+        for c in 0..n {
+            let (p, j) = (c / PANEL, c % PANEL);
+            for b in 0..n_blocks {
+                sc[(p * n_blocks + b) * PANEL + j] = scales[c * n_blocks + b];
+                for kb in 0..block.min(k - b * block) {
+                    let byte = codes[(c * n_blocks + b) * block / 2 + kb / 2];
+                    let code = (byte >> (4 * (kb % 2))) & 15;
+                    // Position in the block's unpacked order, then in its 64-byte group.
+                    let pos = ((p * n_blocks + b) * block + kb - kb % 4) * PANEL + j * 4 + kb % 4;
+                    let (group, i) = (pos / 128, pos % 128);
+                    let byte = &mut data[group * 64 + i % 64];
+                    *byte = if i < 64 {
+                        (*byte & 0xF0) | code
+                    } else {
+                        (*byte & 0x0F) | (code << 4)
+                    };
+                }
+            }
+        }
+        PackedWeights {
+            k,
+            n,
+            block,
+            n_blocks,
+            storage: Storage::Nibbles(data),
+            scales: sc,
+        }
+    }
+
+    /// Output columns `cols` as their own weights, or `None` unless `cols` starts on a panel
+    /// boundary and lies within N (tract splits a layer whose output is sliced along N, as the
+    /// attention's q, k, v are, into one product per slice).
+    pub fn columns(&self, cols: std::ops::Range<usize>) -> Option<PackedWeights> {
+        if !cols.start.is_multiple_of(PANEL) || cols.start >= cols.end || cols.end > self.n {
+            return None;
+        }
+        let (p0, p1) = (cols.start / PANEL, cols.end.div_ceil(PANEL));
+        let (len, per) = (self.panel_len(), self.n_blocks * PANEL);
+        let storage = match &self.storage {
+            Storage::I8 { w, sums } => Storage::I8 {
+                w: w[p0 * len..p1 * len].to_vec(),
+                sums: sums[p0 * per..p1 * per].to_vec(),
+            },
+            Storage::Nibbles(d) => Storage::Nibbles(d[p0 * len / 2..p1 * len / 2].to_vec()),
+        };
+        Some(PackedWeights {
+            n: cols.len(),
+            storage,
+            scales: self.scales[p0 * per..p1 * per].to_vec(),
+            ..*self
+        })
+    }
+
+    /// Bytes kept between calls.
+    pub fn resident_bytes(&self) -> usize {
+        let w = match &self.storage {
+            Storage::I8 { w, sums } => w.len() + 4 * sums.len(),
+            Storage::Nibbles(d) => d.len(),
+        };
+        w + 4 * self.scales.len()
+    }
+
+    /// K (the activations' row length).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// N (output columns).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Padded K of the activation buffer.
+    fn k_pad(&self) -> usize {
+        self.block * self.n_blocks
+    }
+
+    /// All weights as `i8` in panel order, with `zp x` their per-block column sums written into
+    /// `corr` (`[panel][block][32]`). 4-bit codes are unpacked once per call into `scratch` (N x K
+    /// bytes, which stay in L2/L3 while every chunk of rows passes them).
+    fn unpacked<'a>(
+        &'a self,
+        zp: i32,
+        vnni: bool,
+        scratch: &'a mut Vec<i8>,
+        corr: &mut Vec<i32>,
+    ) -> &'a [i8] {
+        corr.clear();
+        match &self.storage {
+            Storage::I8 { w, sums } => {
+                corr.extend(sums.iter().map(|s| zp * s));
+                w
+            }
+            Storage::Nibbles(d) => {
+                scratch.resize(d.len() * 2, 0);
+                simd_dispatch!(vnni, unpack_nibbles(d, scratch));
+                corr.resize(self.panels() * self.n_blocks * PANEL, 0);
+                let per_block = self.block * PANEL;
+                for (b, c) in corr.chunks_exact_mut(PANEL).enumerate() {
+                    for g in scratch[b * per_block..(b + 1) * per_block].chunks_exact(4 * PANEL) {
+                        for (j, c) in c.iter_mut().enumerate() {
+                            *c += g[j * 4..j * 4 + 4].iter().map(|&v| v as i32).sum::<i32>();
+                        }
+                    }
+                    c.iter_mut().for_each(|c| *c *= zp);
+                }
+                &scratch[..]
+            }
+        }
+    }
+}
+
+/// How the activations become `u8`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActQuant {
+    /// ONNX `QuantizeLinear` to `uint8` with one scale and zero point: `clamp(round(x / scale) +
+    /// zero, 0, 255)`, rounding half to even. The product is not multiplied by `scale` (the deploy
+    /// graphs fold it into the weight scales).
+    Static {
+        /// Activation scale.
+        scale: f32,
+        /// Activation zero point.
+        zero: u8,
+    },
+    /// Symmetric `int8` per row and K block (ONNX Runtime's MatMulNBits accuracy level 4): scale
+    /// `max |x| / 127`, `q = round(x / scale)` in `-127..=127`, stored as `q + 128`; the scale
+    /// multiplies the block's sum.
+    PerBlock,
+}
+
+/// Whether this CPU runs the AVX-512 VNNI kernel.
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Reusable buffers of one thread.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<u8>,
+    a_scale: Vec<f32>,
+    w: Vec<i8>,
+    corr: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// `out[m x N] = quant(a[m x K]) @ W`, with the semantics of the module docs. `vnni` picks the
+/// AVX-512 VNNI kernel (only where [`has_vnni`] is true); both kernels compute the same numbers.
+pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [f32], vnni: bool) {
+    assert_eq!(a.len(), m * w.k, "activations must be m x K");
+    assert_eq!(out.len(), m * w.n, "output must be m x N");
+    assert!(
+        !vnni || has_vnni(),
+        "VNNI kernel requested on a CPU without it"
+    );
+    let mut s = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let (kp, nb) = (w.k_pad(), w.n_blocks);
+    let zp: i32 = match act {
+        ActQuant::Static { zero, .. } => zero as i32,
+        ActQuant::PerBlock => 128,
+    };
+    let mut tile = [0f32; MR * PANEL];
+    let mut wbuf = std::mem::take(&mut s.w);
+    let mut corr = std::mem::take(&mut s.corr);
+    let w_all = w.unpacked(zp, vnni, &mut wbuf, &mut corr);
+    let (len, per) = (w.panel_len(), nb * PANEL);
+    let mc = (A_BYTES / kp).max(MR) / MR * MR;
+    for m0 in (0..m).step_by(mc) {
+        let rows = mc.min(m - m0);
+        let rows_pad = rows.div_ceil(MR) * MR;
+        quantize_rows(
+            &a[m0 * w.k..(m0 + rows) * w.k],
+            w,
+            act,
+            rows_pad,
+            vnni,
+            &mut s,
+        );
+        for p in 0..w.panels() {
+            let wp = &w_all[p * len..(p + 1) * len];
+            let cp = &corr[p * per..(p + 1) * per];
+            let scales = &w.scales[p * per..(p + 1) * per];
+            let cols = (w.n - p * PANEL).min(PANEL);
+            for r0 in (0..rows_pad).step_by(MR) {
+                let a_rows = &s.a[r0 * kp..(r0 + MR) * kp];
+                let a_sc = &s.a_scale[r0 * nb..(r0 + MR) * nb];
+                #[cfg(target_arch = "x86_64")]
+                if vnni {
+                    // SAFETY: the CPU has AVX-512 F/BW/VNNI (asserted above), and the slices hold
+                    // MR rows of kp bytes and nb blocks of a panel's weights, sums and scales.
+                    unsafe {
+                        kernel_vnni(a_rows, kp, a_sc, nb, w.block, wp, cp, scales, &mut tile)
+                    };
+                } else {
+                    kernel_portable(a_rows, kp, a_sc, nb, w.block, wp, cp, scales, &mut tile);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                kernel_portable(a_rows, kp, a_sc, nb, w.block, wp, cp, scales, &mut tile);
+                for r in 0..MR.min(rows - r0.min(rows)) {
+                    let o = (m0 + r0 + r) * w.n + p * PANEL;
+                    out[o..o + cols].copy_from_slice(&tile[r * PANEL..r * PANEL + cols]);
+                }
+            }
+        }
+    }
+    s.w = wbuf;
+    s.corr = corr;
+    SCRATCH.with(|c| *c.borrow_mut() = s);
+}
+
+/// Quantize the rows of `a` into `s.a` (`[rows_pad][k_pad]`, padded with the zero point, whose
+/// products the column-sum correction cancels) and `s.a_scale` (`[rows_pad][blocks]`).
+fn quantize_rows(
+    a: &[f32],
+    w: &PackedWeights,
+    act: ActQuant,
+    rows_pad: usize,
+    vnni: bool,
+    s: &mut Scratch,
+) {
+    let (k, kp, nb, bl) = (w.k, w.k_pad(), w.n_blocks, w.block);
+    let rows = a.len() / k;
+    let zp: u8 = match act {
+        ActQuant::Static { zero, .. } => zero,
+        ActQuant::PerBlock => 128,
+    };
+    s.a.clear();
+    s.a.resize(rows_pad * kp, zp);
+    s.a_scale.clear();
+    s.a_scale.resize(rows_pad * nb, 0.0);
+    for r in 0..rows {
+        let x = &a[r * k..(r + 1) * k];
+        let q = &mut s.a[r * kp..r * kp + k];
+        match act {
+            ActQuant::Static { scale, zero } => {
+                simd_dispatch!(vnni, quantize_static(x, q, scale, zero));
+                s.a_scale[r * nb..(r + 1) * nb].fill(1.0);
+            }
+            ActQuant::PerBlock => {
+                for b in 0..nb {
+                    let (lo, hi) = (b * bl, ((b + 1) * bl).min(k));
+                    let sc = simd_dispatch!(vnni, quantize_symmetric(&x[lo..hi], &mut q[lo..hi]));
+                    s.a_scale[r * nb + b] = sc;
+                }
+            }
+        }
+    }
+}
+
+/// Call `$f(args)` compiled for AVX-512 when `$fast` (the CPU has it), else the plain build:
+/// the element-wise loops below vectorize 16 lanes wide under AVX-512 and compute the same
+/// numbers either way.
+macro_rules! simd_dispatch {
+    ($fast:expr, $f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if $fast {
+                // SAFETY: `$fast` is only true where `has_vnni` found AVX-512 F/BW.
+                unsafe { avx512::$f($($arg),*) }
+            } else {
+                $f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = $fast;
+            $f($($arg),*)
+        }
+    }};
+}
+use simd_dispatch;
+
+/// ONNX `QuantizeLinear` to `uint8` of one row.
+#[inline(always)]
+fn quantize_static(x: &[f32], q: &mut [u8], scale: f32, zero: u8) {
+    for (q, x) in q.iter_mut().zip(x) {
+        *q = ((x / scale).round_ties_even() + zero as f32).clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// Symmetric int8 of one block (`q + 128` stored); returns its scale `max |x| / 127`.
+#[inline(always)]
+fn quantize_symmetric(x: &[f32], q: &mut [u8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let sc = amax / 127.0;
+    if sc > 0.0 {
+        for (q, x) in q.iter_mut().zip(x) {
+            *q = ((x / sc).round_ties_even().clamp(-127.0, 127.0) + 128.0) as u8;
+        }
+    }
+    sc
+}
+
+/// 4-bit codes to centred `i8`: each 64 source bytes give 128 weights, low nibbles first.
+#[inline(always)]
+fn unpack_nibbles(src: &[u8], dst: &mut [i8]) {
+    for (dst, s) in dst.chunks_exact_mut(128).zip(src.chunks_exact(64)) {
+        let (lo, hi) = dst.split_at_mut(64);
+        for ((l, h), b) in lo.iter_mut().zip(hi.iter_mut()).zip(s) {
+            *l = (b & 15) as i8 - 8;
+            *h = (b >> 4) as i8 - 8;
+        }
+    }
+}
+
+/// The element-wise loops compiled with AVX-512 enabled.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_static(x: &[f32], q: &mut [u8], scale: f32, zero: u8) {
+        super::quantize_static(x, q, scale, zero)
+    }
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_symmetric(x: &[f32], q: &mut [u8]) -> f32 {
+        super::quantize_symmetric(x, q)
+    }
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn unpack_nibbles(src: &[u8], dst: &mut [i8]) {
+        super::unpack_nibbles(src, dst)
+    }
+}
+
+/// The same integers and the same rescale, in the same order, as [`kernel_vnni`], in plain Rust.
+#[allow(clippy::too_many_arguments)]
+fn kernel_portable(
+    a: &[u8],
+    kp: usize,
+    a_scale: &[f32],
+    nb: usize,
+    block: usize,
+    w: &[i8],
+    corr: &[i32],
+    scales: &[f32],
+    tile: &mut [f32],
+) {
+    let k4s = block / 4;
+    for r in 0..MR {
+        let mut f = [0f32; PANEL];
+        for b in 0..nb {
+            let mut acc = [0i32; PANEL];
+            for k4 in 0..k4s {
+                let g = b * k4s + k4;
+                let av = &a[r * kp + g * 4..r * kp + g * 4 + 4];
+                let wg = &w[g * 4 * PANEL..(g + 1) * 4 * PANEL];
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let wc = &wg[c * 4..c * 4 + 4];
+                    *acc += (0..4).map(|i| av[i] as i32 * wc[i] as i32).sum::<i32>();
+                }
+            }
+            let asc = a_scale[r * nb + b];
+            for c in 0..PANEL {
+                let v = (acc[c] - corr[b * PANEL + c]) as f32;
+                f[c] = v.mul_add(scales[b * PANEL + c] * asc, f[c]);
+            }
+        }
+        tile[r * PANEL..(r + 1) * PANEL].copy_from_slice(&f);
+    }
+}
+
+/// One `MR x 32` tile: `vpdpbusd` over each block's K, then the block's rescale into f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_vnni(
+    a: &[u8],
+    kp: usize,
+    a_scale: &[f32],
+    nb: usize,
+    block: usize,
+    w: &[i8],
+    corr: &[i32],
+    scales: &[f32],
+    tile: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let k4s = block / 4;
+    let ap = a.as_ptr();
+    let wp = w.as_ptr();
+    let mut f = [_mm512_setzero_ps(); 2 * MR];
+    for b in 0..nb {
+        let mut acc = [_mm512_setzero_si512(); 2 * MR];
+        for k4 in 0..k4s {
+            let g = b * k4s + k4;
+            let w0 = _mm512_loadu_si512(wp.add(g * 128) as *const _);
+            let w1 = _mm512_loadu_si512(wp.add(g * 128 + 64) as *const _);
+            for r in 0..MR {
+                let av = _mm512_set1_epi32((ap.add(r * kp + g * 4) as *const i32).read_unaligned());
+                acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], av, w0);
+                acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], av, w1);
+            }
+        }
+        let c0 = _mm512_loadu_si512(corr.as_ptr().add(b * PANEL) as *const _);
+        let c1 = _mm512_loadu_si512(corr.as_ptr().add(b * PANEL + 16) as *const _);
+        let s0 = _mm512_loadu_ps(scales.as_ptr().add(b * PANEL));
+        let s1 = _mm512_loadu_ps(scales.as_ptr().add(b * PANEL + 16));
+        for r in 0..MR {
+            let asc = _mm512_set1_ps(*a_scale.get_unchecked(r * nb + b));
+            let v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r], c0));
+            let v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r + 1], c1));
+            f[2 * r] = _mm512_fmadd_ps(v0, _mm512_mul_ps(s0, asc), f[2 * r]);
+            f[2 * r + 1] = _mm512_fmadd_ps(v1, _mm512_mul_ps(s1, asc), f[2 * r + 1]);
+        }
+    }
+    for r in 0..MR {
+        _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL), f[2 * r]);
+        _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL + 16), f[2 * r + 1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+
+    /// Both kernels on every path the rows, columns and blocks can take, as one output.
+    fn run(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant) -> Vec<Vec<f32>> {
+        let mut outs = vec![];
+        for vnni in [false, true] {
+            if vnni && !has_vnni() {
+                continue;
+            }
+            let mut out = vec![f32::NAN; m * w.n()];
+            matmul(a, m, w, act, &mut out, vnni);
+            outs.push(out);
+        }
+        outs
+    }
+
+    fn check(got: &[f32], want: &[f64], what: &str) {
+        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(g.is_finite(), "{what}: output {i} is {g}");
+            assert!(
+                (*g as f64 - w).abs() <= 1e-5 * scale,
+                "{what}: output {i} = {g}, float64 reference {w} (scale {scale})"
+            );
+        }
+    }
+
+    /// Static uint8 activations times per-column int8 weights against a float64 reference of
+    /// ONNX's QuantizeLinear -> MatMulInteger -> Cast -> Mul, on both kernels, for row counts
+    /// that leave partial tiles, K not a multiple of 4 and N not a multiple of the panel.
+    #[test]
+    fn static_int8_matches_a_float64_reference() {
+        let mut seed = 7;
+        for (m, k, n) in [
+            (1usize, 64usize, 32usize),
+            (7, 40, 45),
+            (13, 403, 70),
+            (400, 96, 33),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| 3.0 * lcg(&mut seed)).collect();
+            let w: Vec<i8> = (0..k * n).map(|_| (lcg(&mut seed) * 127.0) as i8).collect();
+            let scales: Vec<f32> = (0..n)
+                .map(|_| 0.001 + 0.01 * lcg(&mut seed).abs())
+                .collect();
+            let (a_scale, zero) = (0.021f32, 131u8);
+            let packed = PackedWeights::from_i8(k, n, &w, &scales);
+            let mut want = vec![0f64; m * n];
+            for r in 0..m {
+                let mut q = vec![0u8; k];
+                quantize_static(&a[r * k..(r + 1) * k], &mut q, a_scale, zero);
+                for c in 0..n {
+                    let acc: i64 = (0..k)
+                        .map(|kk| (q[kk] as i64 - zero as i64) * w[kk * n + c] as i64)
+                        .sum();
+                    want[r * n + c] = acc as f64 * scales[c] as f64;
+                }
+            }
+            let outs = run(
+                &a,
+                m,
+                &packed,
+                ActQuant::Static {
+                    scale: a_scale,
+                    zero,
+                },
+            );
+            for out in &outs {
+                check(out, &want, &format!("static m {m} k {k} n {n}"));
+            }
+            if let [p, v] = &outs[..] {
+                assert_eq!(p, v, "the two kernels must give the same numbers");
+            }
+        }
+    }
+
+    /// 4-bit symmetric block-wise weights with int8 activations per row and block against a
+    /// float64 reference of that semantics, including a partial last block; and within 2% of
+    /// the float product (what the quantized activations cost).
+    #[test]
+    fn per_block_int4_matches_a_float64_reference() {
+        let mut seed = 11;
+        for (m, k, n, bs) in [
+            (5usize, 64usize, 32usize, 32usize),
+            (8, 50, 17, 32),
+            (13, 384, 96, 128),
+            (3, 40, 70, 16),
+        ] {
+            let nb = k.div_ceil(bs);
+            let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let codes: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    (0..k)
+                        .map(|_| ((lcg(&mut seed) + 1.0) * 7.99) as u8)
+                        .collect()
+                })
+                .collect();
+            let scales: Vec<f32> = (0..n * nb)
+                .map(|_| 0.01 + 0.02 * lcg(&mut seed).abs())
+                .collect();
+            let mut packed_codes = vec![0u8; n * nb * bs / 2];
+            for (c, row) in codes.iter().enumerate() {
+                for (kk, code) in row.iter().enumerate() {
+                    let byte = (c * nb + kk / bs) * bs / 2 + (kk % bs) / 2;
+                    packed_codes[byte] |= code << (4 * (kk % 2));
+                }
+            }
+            let packed = PackedWeights::from_nbits4(k, n, bs, &packed_codes, &scales);
+            let mut want = vec![0f64; m * n];
+            let mut float = vec![0f64; m * n];
+            for r in 0..m {
+                let x = &a[r * k..(r + 1) * k];
+                for b in 0..nb {
+                    let (lo, hi) = (b * bs, ((b + 1) * bs).min(k));
+                    let sc = x[lo..hi].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    for c in 0..n {
+                        let ws = scales[c * nb + b] as f64;
+                        let mut acc = 0i64;
+                        for kk in lo..hi {
+                            let q = (x[kk] / sc).round_ties_even().clamp(-127.0, 127.0) as i64;
+                            let wv = codes[c][kk] as i64 - 8;
+                            acc += q * wv;
+                            float[r * n + c] += x[kk] as f64 * wv as f64 * ws;
+                        }
+                        want[r * n + c] += sc as f64 * ws * acc as f64;
+                    }
+                }
+            }
+            let outs = run(&a, m, &packed, ActQuant::PerBlock);
+            for out in &outs {
+                check(
+                    out,
+                    &want,
+                    &format!("per-block m {m} k {k} n {n} block {bs}"),
+                );
+                let fs = float.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                let worst = out
+                    .iter()
+                    .zip(&float)
+                    .fold(0f64, |m, (g, f)| m.max((*g as f64 - f).abs()));
+                assert!(worst <= 0.02 * fs, "per-block vs float: {worst} of {fs}");
+            }
+            if let [p, v] = &outs[..] {
+                assert_eq!(p, v, "the two kernels must give the same numbers");
+            }
+        }
+    }
+
+    /// A column range starting on a panel boundary computes exactly those columns of the whole
+    /// product, for both storages; other ranges are refused.
+    #[test]
+    fn column_slices_are_the_same_columns() {
+        let (m, k, n) = (7usize, 40usize, 90usize);
+        let mut seed = 3;
+        let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+        let w: Vec<i8> = (0..k * n).map(|_| (lcg(&mut seed) * 100.0) as i8).collect();
+        let sc: Vec<f32> = (0..n).map(|i| 0.01 + i as f32 * 1e-4).collect();
+        let codes: Vec<u8> = (0..n * 3 * 8).map(|i| (i * 37 % 256) as u8).collect();
+        let sc4: Vec<f32> = (0..n * 3).map(|i| 0.02 + i as f32 * 1e-4).collect();
+        for (w, act) in [
+            (
+                PackedWeights::from_i8(k, n, &w, &sc),
+                ActQuant::Static {
+                    scale: 0.01,
+                    zero: 120,
+                },
+            ),
+            (
+                PackedWeights::from_nbits4(k, n, 16, &codes, &sc4),
+                ActQuant::PerBlock,
+            ),
+        ] {
+            let mut whole = vec![0f32; m * n];
+            matmul(&a, m, &w, act, &mut whole, false);
+            for cols in [0..32usize, 32..90, 64..70] {
+                let part = w.columns(cols.clone()).unwrap();
+                let mut out = vec![0f32; m * cols.len()];
+                matmul(&a, m, &part, act, &mut out, false);
+                for r in 0..m {
+                    assert_eq!(
+                        out[r * cols.len()..(r + 1) * cols.len()],
+                        whole[r * n + cols.start..r * n + cols.end]
+                    );
+                }
+            }
+            assert!(w.columns(10..40).is_none() && w.columns(64..91).is_none());
+        }
+    }
+
+    /// A row of zeros (scale 0) gives zeros, not NaN.
+    #[test]
+    fn zero_rows_stay_zero() {
+        let packed = PackedWeights::from_nbits4(32, 3, 32, &[0x3Fu8; 48], &[0.5; 3]);
+        for out in run(&[0.0; 64], 2, &packed, ActQuant::PerBlock) {
+            assert!(out.iter().all(|v| *v == 0.0), "{out:?}");
+        }
+    }
+}
+
+/// `cargo test --release --lib int8_gemm_speed -- --ignored --nocapture`: multiply-adds per
+/// second of both activation modes against ndarray's f32 product, on the full-size predictor's
+/// shapes (the numbers go to the bench notes, not to an assertion).
+#[cfg(test)]
+#[test]
+#[ignore]
+fn int8_gemm_speed() {
+    for (m, k, n) in [
+        (3136usize, 404usize, 3072usize),
+        (3136, 1024, 404),
+        (3136, 404, 2048),
+        (3136, 2048, 404),
+        (196, 384, 1536),
+    ] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 97) as f32 / 48.5 - 1.0)
+            .collect();
+        let w: Vec<i8> = (0..k * n).map(|i| ((i * 31) % 255) as i8).collect();
+        let codes: Vec<u8> = (0..k.div_ceil(32) * 16 * n)
+            .map(|i| (i * 37 % 256) as u8)
+            .collect();
+        let i8w = PackedWeights::from_i8(k, n, &w, &vec![0.01; n]);
+        let nb = PackedWeights::from_nbits4(k, n, 32, &codes, &vec![0.01; n * k.div_ceil(32)]);
+        let mut out = vec![0f32; m * n];
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                f();
+            }
+            (m * n * k) as f64 * 5.0 / t.elapsed().as_secs_f64() / 1e9
+        };
+        let vnni = has_vnni();
+        let st = time(&mut || {
+            matmul(
+                &a,
+                m,
+                &i8w,
+                ActQuant::Static {
+                    scale: 0.02,
+                    zero: 128,
+                },
+                &mut out,
+                vnni,
+            )
+        });
+        let pb = time(&mut || matmul(&a, m, &nb, ActQuant::PerBlock, &mut out, vnni));
+        let af = ndarray::Array2::from_shape_vec((m, k), a.clone()).unwrap();
+        let wf = ndarray::Array2::from_shape_fn((k, n), |(i, j)| w[i * n + j] as f32);
+        let mut cf = ndarray::Array2::<f32>::zeros((m, n));
+        let fl = time(&mut || ndarray::linalg::general_mat_mul(1.0, &af, &wf, 0.0, &mut cf));
+        println!(
+            "m {m} k {k} n {n}: static int8 {st:.1} GMAC/s, per-block int4 {pb:.1}, f32 {fl:.1}"
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! qwm's fused int8 linear layer for tract: the deploy form's chain
+//! `QuantizeLinear -> MatMulInteger -> Cast -> Mul` becomes one operator that quantizes the
+//! activations, multiplies them with the int8 weights in [`super::int8_gemm`] and rescales on
+//! registers.
+//!
+//! Why: tract 0.23 runs that chain as five passes over the activations (quantize, pack, integer
+//! product with a zero-point correction, cast, multiply), each a separate tensor in memory. On the
+//! full-size predictor at batch 16 the passes around its int8 product took 30% of the call, and
+//! at the CEM batch (300 candidates) the int8 graph ran slower than the float one (0.91x, issue 8).
+//! Fused, the `u8` activations of a few hundred rows stay in L2 while every weight panel passes
+//! them, and only the f32 result is written.
+//!
+//! The fusion is a rewrite of the graph's protobuf before tract imports it
+//! ([`fuse_int8_linears`]): a chain is fused only when every tensor between its nodes has one
+//! consumer, the weights are a constant 2-D `int8` initializer with a zero weight zero point, and
+//! the activation scale and zero point are scalars shared by the quantize and the product. The
+//! result is the chain's own arithmetic: the same `uint8` codes, the exact integer sum, one
+//! conversion to f32 and one product with the chain's per-column scale.
+//! `QWM_TRACT_INT8=tract` turns the fusion off (tract's own lowering), for comparisons.
+
+use super::int8_gemm::{self, ActQuant, PackedWeights};
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
+use tract_onnx::tract_hir::internal::*;
+
+/// Operator type of a fused chain in the rewritten protobuf.
+pub const OP_TYPE: &str = "QwmInt8Linear";
+
+/// Route fused chains ([`OP_TYPE`] nodes) of graphs imported by `onnx` to [`Int8Linear`].
+pub fn register(onnx: &mut tract_onnx::Onnx) {
+    onnx.op_register.insert(OP_TYPE, parse);
+}
+
+/// Whether fusion is on (`QWM_TRACT_INT8` is not `tract`).
+pub fn enabled() -> bool {
+    std::env::var("QWM_TRACT_INT8").as_deref() != Ok("tract")
+}
+
+/// The scalar value of a small inline initializer, if it is one.
+fn inline_scalar(t: &TensorProto) -> Option<f64> {
+    if t.dims.iter().product::<i64>() != 1 {
+        return None;
+    }
+    let dt = DataType::try_from(t.data_type).ok()?;
+    match dt {
+        DataType::Float => t
+            .float_data
+            .first()
+            .copied()
+            .or_else(|| Some(f32::from_le_bytes(t.raw_data.get(..4)?.try_into().ok()?)))
+            .map(f64::from),
+        DataType::Uint8 => t
+            .int32_data
+            .first()
+            .map(|v| *v as f64)
+            .or_else(|| t.raw_data.first().map(|v| *v as f64)),
+        DataType::Int8 => t
+            .int32_data
+            .first()
+            .map(|v| *v as f64)
+            .or_else(|| t.raw_data.first().map(|v| *v as i8 as f64)),
+        _ => None,
+    }
+}
+
+/// Rewrite every fusable `QuantizeLinear -> MatMulInteger -> Cast(float) -> Mul` chain of `g`
+/// into one [`OP_TYPE`] node with inputs `(x, a_scale, a_zero, w, scale)`. Returns how many
+/// chains were fused; `MatMulInteger` nodes that do not fit the pattern stay as they are.
+pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
+    use std::collections::HashMap;
+    let inits: HashMap<&str, &TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for n in &g.node {
+        for i in &n.input {
+            *uses.entry(i.as_str()).or_default() += 1;
+        }
+    }
+    for o in &g.output {
+        *uses.entry(o.name.as_str()).or_default() += 1;
+    }
+    let producer: HashMap<&str, usize> = g
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let consumer = |name: &str| -> Option<usize> {
+        (uses.get(name) == Some(&1))
+            .then(|| {
+                g.node
+                    .iter()
+                    .position(|n| n.input.iter().any(|i| i == name))
+            })
+            .flatten()
+    };
+    let is_scalar = |name: &str, dt: DataType| {
+        inits
+            .get(name)
+            .is_some_and(|t| t.data_type == dt as i32 && inline_scalar(t).is_some())
+    };
+    // (quantize, matmul, cast, mul) node indices of each chain.
+    let mut chains = vec![];
+    for (mi, mm) in g.node.iter().enumerate() {
+        if mm.op_type != "MatMulInteger" || !mm.domain.is_empty() || mm.input.len() != 4 {
+            continue;
+        }
+        let Some(&qi) = producer.get(mm.input[0].as_str()) else {
+            continue;
+        };
+        let q = &g.node[qi];
+        let q_ok = q.op_type == "QuantizeLinear"
+            && q.input.len() == 3
+            && q.attribute.iter().all(|a| a.name == "axis")
+            && is_scalar(&q.input[1], DataType::Float)
+            && is_scalar(&q.input[2], DataType::Uint8)
+            && mm.input[2] == q.input[2]
+            && uses.get(q.output[0].as_str()) == Some(&1);
+        let w_ok = inits
+            .get(mm.input[1].as_str())
+            .is_some_and(|t| t.data_type == DataType::Int8 as i32 && t.dims.len() == 2)
+            && is_scalar(&mm.input[3], DataType::Int8)
+            && inits
+                .get(mm.input[3].as_str())
+                .and_then(|t| inline_scalar(t))
+                == Some(0.0);
+        if !q_ok || !w_ok {
+            continue;
+        }
+        let Some(ci) = consumer(&mm.output[0]) else {
+            continue;
+        };
+        let cast = &g.node[ci];
+        let cast_ok = cast.op_type == "Cast"
+            && cast
+                .attribute
+                .iter()
+                .any(|a| a.name == "to" && a.i == DataType::Float as i64);
+        let Some(ui) = cast_ok.then(|| consumer(&cast.output[0])).flatten() else {
+            continue;
+        };
+        let mul = &g.node[ui];
+        let n = inits[mm.input[1].as_str()].dims[1];
+        let scale_input = mul.input.iter().find(|i| **i != cast.output[0]);
+        let mul_ok = mul.op_type == "Mul"
+            && mul.input.len() == 2
+            && scale_input.is_some_and(|s| {
+                inits
+                    .get(s.as_str())
+                    .is_some_and(|t| t.data_type == DataType::Float as i32 && t.dims == [n])
+            });
+        if mul_ok {
+            chains.push((qi, mi, ci, ui));
+        }
+    }
+    let fused = chains.len();
+    let mut drop = vec![false; g.node.len()];
+    for &(qi, mi, ci, ui) in &chains {
+        let (q, mm, mul) = (&g.node[qi], &g.node[mi], &g.node[ui]);
+        let scale = mul
+            .input
+            .iter()
+            .find(|i| **i != g.node[ci].output[0])
+            .expect("checked above")
+            .clone();
+        let node = NodeProto {
+            input: vec![
+                q.input[0].clone(),
+                q.input[1].clone(),
+                q.input[2].clone(),
+                mm.input[1].clone(),
+                scale,
+            ],
+            output: mul.output.clone(),
+            name: format!("{}.qwm_int8", mm.name),
+            op_type: OP_TYPE.into(),
+            domain: String::new(),
+            attribute: vec![],
+            doc_string: String::new(),
+        };
+        // The fused node takes the Mul's place: everything it feeds comes after it.
+        g.node[ui] = node;
+        drop[qi] = true;
+        drop[mi] = true;
+        drop[ci] = true;
+    }
+    let mut i = 0;
+    g.node.retain(|_| {
+        i += 1;
+        !drop[i - 1]
+    });
+    fused
+}
+
+fn parse(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    ensure!(
+        node.input.len() == 5,
+        "{OP_TYPE} '{}': expected 5 inputs",
+        node.name
+    );
+    Ok((expand(Int8LinearExpansion), vec![]))
+}
+
+#[derive(Debug, Clone)]
+struct Int8LinearExpansion;
+
+fn konst(model: &TypedModel, outlet: OutletId, what: &str) -> TractResult<Arc<Tensor>> {
+    model
+        .outlet_fact(outlet)?
+        .konst
+        .clone()
+        .with_context(|| format!("{OP_TYPE}: {what} must be a constant"))
+}
+
+impl Expansion for Int8LinearExpansion {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 5)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[3].rank, 2)?;
+        s.given(&inputs[0].rank, move |s, rank| {
+            let rank = rank as usize;
+            s.equals(&outputs[0].rank, rank as i64)?;
+            for ax in 0..rank - 1 {
+                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
+            }
+            s.equals(&outputs[0].shape[rank - 1], &inputs[3].shape[1])?;
+            s.equals(&inputs[0].shape[rank - 1], &inputs[3].shape[0])
+        })?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let a_scale = konst(model, inputs[1], "the activation scale")?;
+        let a_zero = konst(model, inputs[2], "the activation zero point")?;
+        let w = konst(model, inputs[3], "the int8 weight")?;
+        let scale = konst(model, inputs[4], "the output scale")?;
+        let a_scale: f32 = a_scale.cast_to_scalar()?;
+        let a_zero: u8 = *a_zero
+            .try_as_plain_ram()?
+            .as_slice::<u8>()
+            .context("activation zero point must be uint8")?
+            .first()
+            .context("empty activation zero point")?;
+        let (k, n) = (w.shape()[0], w.shape()[1]);
+        let w_ram = w.try_as_plain_ram()?;
+        let w: &[i8] = w_ram.as_slice().context("weights must be int8")?;
+        let scale = scale.cast_to::<f32>()?;
+        let scale_ram = scale.try_as_plain_ram()?;
+        let scale: &[f32] = scale_ram.as_slice()?;
+        ensure!(
+            scale.len() == n,
+            "{prefix}: {} output scales for N {n}",
+            scale.len()
+        );
+        ensure!(
+            a_scale.is_finite() && a_scale > 0.0,
+            "{prefix}: activation scale {a_scale} must be positive"
+        );
+        let op = Int8Linear {
+            weights: Arc::new(PackedWeights::from_i8(k, n, w, scale)),
+            act: ActQuant::Static {
+                scale: a_scale,
+                zero: a_zero,
+            },
+        };
+        model.wire_node(format!("{prefix}.int8_linear"), op, &[inputs[0]])
+    }
+}
+
+/// `Y[.., n] = (sum_k (quant(X)[.., k] - zero) * W[k, n]) * scale[n]` on [`int8_gemm`]: the
+/// fused chain of the module docs. Also used for `MatMulNBits` at accuracy level 4 with
+/// [`ActQuant::PerBlock`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Linear {
+    /// The weights in the kernel's layout.
+    pub weights: Arc<PackedWeights>,
+    /// How the activations are quantized.
+    pub act: ActQuant,
+}
+
+impl Eq for Int8Linear {}
+
+impl Op for Int8Linear {
+    fn name(&self) -> StaticName {
+        "QwmInt8Linear".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "K {} N {} {:?} ({} bytes resident, {})",
+            self.weights.k(),
+            self.weights.n(),
+            self.act,
+            self.weights.resident_bytes(),
+            if int8_gemm::has_vnni() {
+                "AVX-512 VNNI"
+            } else {
+                "portable"
+            }
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Int8Linear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1, "QwmInt8Linear expects one input");
+        let (k, n) = (self.weights.k(), self.weights.n());
+        let a = &inputs[0];
+        let shape = a.shape();
+        ensure!(
+            shape.last() == Some(&k),
+            "QwmInt8Linear: input shape {shape:?}, expected last dimension K {k}"
+        );
+        let m: usize = shape[..shape.len() - 1].iter().product();
+        let mut out_shape: TVec<usize> = shape.into();
+        *out_shape.last_mut().expect("rank >= 1") = n;
+        // SAFETY: every element is written by the product below.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        if m > 0 {
+            let a_ram = a.try_as_plain_ram()?;
+            let a_slice: &[f32] = a_ram.as_slice()?;
+            let mut out_ram = out.try_as_plain_ram_mut()?;
+            let out_slice: &mut [f32] = out_ram.as_slice_mut()?;
+            int8_gemm::matmul(
+                a_slice,
+                m,
+                &self.weights,
+                self.act,
+                out_slice,
+                int8_gemm::has_vnni(),
+            );
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for Int8Linear {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 1, "QwmInt8Linear expects one input");
+        ensure!(
+            inputs[0].datum_type == f32::datum_type(),
+            "QwmInt8Linear: input must be f32"
+        );
+        let rank = inputs[0].rank();
+        ensure!(rank >= 1, "QwmInt8Linear: input must have rank >= 1");
+        ensure!(
+            inputs[0].shape[rank - 1] == self.weights.k().to_dim(),
+            "QwmInt8Linear: input last dimension {:?}, expected K {}",
+            inputs[0].shape[rank - 1],
+            self.weights.k()
+        );
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
+        shape[rank - 1] = self.weights.n().to_dim();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    /// Leading axes pass through; K (input) and N (output) are the op's own.
+    fn axes_mapping(
+        &self,
+        inputs: &[&TypedFact],
+        _outputs: &[&TypedFact],
+    ) -> TractResult<AxesMapping> {
+        let lead: String = ('a'..='w').take(inputs[0].rank() - 1).collect();
+        AxesMapping::from_strs(&[format!("{lead}y")], &[format!("{lead}z")])
+    }
+
+    /// A slice of the output's columns is a product with those weight columns (tract's
+    /// `PushSliceUp` then runs q, k and v as three products instead of copying slices out of one).
+    fn slice(
+        &self,
+        patch: &mut TypedModelPatch,
+        _model: &TypedModel,
+        _node: &TypedNode,
+        prefix: &str,
+        inputs: &[OutletId],
+        output_axis: usize,
+        start: &TDim,
+        end: &TDim,
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        let rank = patch.outlet_fact(inputs[0])?.rank();
+        if output_axis + 1 < rank {
+            // A leading axis: rows are independent, the sliced input gives the sliced output.
+            return patch.wire_node(prefix, self.clone(), inputs).map(Some);
+        }
+        let (Ok(s), Ok(e)) = (start.to_usize(), end.to_usize()) else {
+            return Ok(None);
+        };
+        let Some(w) = self.weights.columns(s..e) else {
+            return Ok(None);
+        };
+        let op = Int8Linear {
+            weights: Arc::new(w),
+            act: self.act,
+        };
+        patch.wire_node(prefix, op, inputs).map(Some)
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::deploy::lower_int8;
+    use crate::quant::onnx::{f32_tensor, find_linears, i8_tensor};
+    use crate::quant::weights::{quantize_matrix, Observer};
+    use tract_onnx::pb::{GraphProto, ModelProto, ValueInfoProto};
+
+    /// `x [?, k] -> MatMul(W) -> Add(bias) -> y`, lowered to the deploy form's int8 chain.
+    fn lowered(k: usize, n: usize) -> ModelProto {
+        let w: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+        let vi = |name: &str| ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        let mut m = ModelProto {
+            graph: Some(GraphProto {
+                node: vec![
+                    NodeProto {
+                        op_type: "MatMul".into(),
+                        name: "fc/MatMul".into(),
+                        input: vec!["x".into(), "W".into()],
+                        output: vec!["h".into()],
+                        ..Default::default()
+                    },
+                    NodeProto {
+                        op_type: "Add".into(),
+                        name: "fc/Add".into(),
+                        input: vec!["h".into(), "bias".into()],
+                        output: vec!["y".into()],
+                        ..Default::default()
+                    },
+                ],
+                initializer: vec![
+                    f32_tensor("W", &[k as i64, n as i64], &w),
+                    f32_tensor("bias", &[n as i64], &vec![0.5; n]),
+                ],
+                input: vec![vi("x")],
+                output: vec![vi("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let layer = find_linears(&m).remove(0);
+        let q = quantize_matrix(&w, k, n, 8, None, Observer::Rtn).unwrap();
+        lower_int8(&mut m, &layer, &q, 0.02, 128.0).unwrap();
+        m
+    }
+
+    fn ops(g: &GraphProto) -> Vec<&str> {
+        g.node.iter().map(|n| n.op_type.as_str()).collect()
+    }
+
+    /// The deploy chain becomes one node in the Mul's place, with the chain's own inputs and
+    /// output; the bias Add after it stays.
+    #[test]
+    fn the_deploy_chain_is_fused_in_place() {
+        let mut m = lowered(8, 5);
+        let g = m.graph.as_mut().unwrap();
+        assert_eq!(
+            ops(g),
+            ["QuantizeLinear", "MatMulInteger", "Cast", "Mul", "Add"]
+        );
+        assert_eq!(fuse_int8_linears(g), 1);
+        assert_eq!(ops(g), [OP_TYPE, "Add"]);
+        let f = &g.node[0];
+        assert_eq!(f.input[0], "x");
+        assert_eq!(f.output, g.node[1].input[..1]);
+        assert!(
+            f.input[3].ends_with("w_q") && f.input[4].ends_with("scale"),
+            "{f:?}"
+        );
+    }
+
+    /// Chains whose intermediate tensors are read elsewhere, or whose weights have a zero point,
+    /// are left to tract.
+    #[test]
+    fn chains_that_do_not_fit_are_left_alone() {
+        // The integer product is also a graph output.
+        let mut m = lowered(8, 5);
+        let g = m.graph.as_mut().unwrap();
+        let acc = g.node[1].output[0].clone();
+        g.output.push(ValueInfoProto {
+            name: acc,
+            ..Default::default()
+        });
+        assert_eq!(fuse_int8_linears(g), 0);
+        assert_eq!(g.node.len(), 5);
+        // A non-zero weight zero point.
+        let mut m = lowered(8, 5);
+        let g = m.graph.as_mut().unwrap();
+        let wz = g.node[1].input[3].clone();
+        let t = g.initializer.iter_mut().find(|t| t.name == wz).unwrap();
+        *t = i8_tensor(&wz, &[], &[3]);
+        assert_eq!(fuse_int8_linears(g), 0);
+        // A Cast to something other than float.
+        let mut m = lowered(8, 5);
+        let g = m.graph.as_mut().unwrap();
+        g.node[2].attribute[0].i = DataType::Double as i64;
+        assert_eq!(fuse_int8_linears(g), 0);
+    }
+}
