@@ -124,14 +124,8 @@ fn import(bytes: &Arc<memmap2::Mmap>, name: &str) -> Result<InferenceModel> {
     let mut proto = tract_onnx::pb::ModelProto::decode(&ext.proto[..])
         .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     drop(ext);
-    if let Some(g) = proto
-        .graph
-        .as_mut()
-        .filter(|_| super::tract_int8::enabled())
-    {
-        let fused = super::tract_int8::fuse_int8_linears(g);
-        log::debug!("{name}: {fused} int8 linear chains fused");
-    }
+    let fused = super::tract_int8::fuse_model(&mut proto);
+    log::debug!("{name}: {fused} int8 linear chains fused");
     let mut onnx = onnx();
     onnx.provider = Arc::new(super::external_data::MappedResolver {
         bytes: bytes.clone(),
@@ -171,13 +165,7 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
     // a symbolic batch the plan was measured 3.9x slower (full-size encoder, batch 1: 332 ms vs
     // 85 ms). Their weights are int8, so per-size plans cost a quarter of what they cost float
     // graphs.
-    if let Some(g) = proto
-        .graph
-        .as_mut()
-        .filter(|_| super::tract_int8::enabled())
-    {
-        super::tract_int8::fuse_int8_linears(g);
-    }
+    super::tract_int8::fuse_model(&mut proto);
     let integer_ops = proto.graph.as_ref().is_some_and(|g| {
         g.node
             .iter()

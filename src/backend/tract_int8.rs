@@ -36,6 +36,14 @@ pub fn enabled() -> bool {
     std::env::var("QWM_TRACT_INT8").as_deref() != Ok("tract")
 }
 
+/// [`fuse_int8_linears`] on a model's graph when fusion is [`enabled`]; how many chains it fused.
+pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
+    match m.graph.as_mut() {
+        Some(g) if enabled() => fuse_int8_linears(g),
+        _ => 0,
+    }
+}
+
 /// The scalar value of a small inline initializer, if it is one.
 fn inline_scalar(t: &TensorProto) -> Option<f64> {
     if t.dims.iter().product::<i64>() != 1 {
