@@ -301,20 +301,17 @@ pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [
             let scales = &w.scales[p * per..(p + 1) * per];
             let cols = (w.n - p * PANEL).min(PANEL);
             for r0 in (0..rows_pad).step_by(MR) {
-                let a_rows = &s.a[r0 * kp..(r0 + MR) * kp];
-                let a_sc = &s.a_scale[r0 * nb..(r0 + MR) * nb];
-                #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: the CPU has AVX-512 F/BW/VNNI (asserted above), and the slices hold
-                    // MR rows of kp bytes and nb blocks of a panel's weights, sums and scales.
-                    unsafe {
-                        kernel_vnni(a_rows, kp, a_sc, nb, w.block, wp, cp, scales, &mut tile)
-                    };
-                } else {
-                    kernel_portable(a_rows, kp, a_sc, nb, w.block, wp, cp, scales, &mut tile);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                kernel_portable(a_rows, kp, a_sc, nb, w.block, wp, cp, scales, &mut tile);
+                let t = Tile {
+                    a: &s.a[r0 * kp..(r0 + MR) * kp],
+                    kp,
+                    a_scale: &s.a_scale[r0 * nb..(r0 + MR) * nb],
+                    nb,
+                    block: w.block,
+                    w: wp,
+                    corr: cp,
+                    scales,
+                };
+                t.run(vnni, &mut tile);
                 for r in 0..MR.min(rows - r0.min(rows)) {
                     let o = (m0 + r0 + r) * w.n + p * PANEL;
                     out[o..o + cols].copy_from_slice(&tile[r * PANEL..r * PANEL + cols]);
@@ -439,90 +436,123 @@ mod avx512 {
     }
 }
 
-/// The same integers and the same rescale, in the same order, as [`kernel_vnni`], in plain Rust.
-#[allow(clippy::too_many_arguments)]
-fn kernel_portable(
-    a: &[u8],
+/// The inputs of one `MR x 32` output tile: `MR` quantized activation rows against one panel.
+struct Tile<'a> {
+    /// `MR` rows of `kp` bytes.
+    a: &'a [u8],
     kp: usize,
-    a_scale: &[f32],
+    /// `[MR][nb]` activation scales.
+    a_scale: &'a [f32],
     nb: usize,
+    /// Rows of K per block.
     block: usize,
-    w: &[i8],
-    corr: &[i32],
-    scales: &[f32],
-    tile: &mut [f32],
-) {
-    let k4s = block / 4;
-    for r in 0..MR {
-        let mut f = [0f32; PANEL];
-        for b in 0..nb {
-            let mut acc = [0i32; PANEL];
-            for k4 in 0..k4s {
-                let g = b * k4s + k4;
-                let av = &a[r * kp + g * 4..r * kp + g * 4 + 4];
-                let wg = &w[g * 4 * PANEL..(g + 1) * 4 * PANEL];
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    let wc = &wg[c * 4..c * 4 + 4];
-                    *acc += (0..4).map(|i| av[i] as i32 * wc[i] as i32).sum::<i32>();
-                }
-            }
-            let asc = a_scale[r * nb + b];
-            for c in 0..PANEL {
-                let v = (acc[c] - corr[b * PANEL + c]) as f32;
-                f[c] = v.mul_add(scales[b * PANEL + c] * asc, f[c]);
-            }
-        }
-        tile[r * PANEL..(r + 1) * PANEL].copy_from_slice(&f);
-    }
+    /// The panel's weights, `[nb][block / 4][32][4]`.
+    w: &'a [i8],
+    /// The panel's zero-point corrections, `[nb][32]`.
+    corr: &'a [i32],
+    /// The panel's scales, `[nb][32]`.
+    scales: &'a [f32],
 }
 
-/// One `MR x 32` tile: `vpdpbusd` over each block's K, then the block's rescale into f32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_vnni(
-    a: &[u8],
-    kp: usize,
-    a_scale: &[f32],
-    nb: usize,
-    block: usize,
-    w: &[i8],
-    corr: &[i32],
-    scales: &[f32],
-    tile: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let k4s = block / 4;
-    let ap = a.as_ptr();
-    let wp = w.as_ptr();
-    let mut f = [_mm512_setzero_ps(); 2 * MR];
-    for b in 0..nb {
-        let mut acc = [_mm512_setzero_si512(); 2 * MR];
-        for k4 in 0..k4s {
-            let g = b * k4s + k4;
-            let w0 = _mm512_loadu_si512(wp.add(g * 128) as *const _);
-            let w1 = _mm512_loadu_si512(wp.add(g * 128 + 64) as *const _);
-            for r in 0..MR {
-                let av = _mm512_set1_epi32((ap.add(r * kp + g * 4) as *const i32).read_unaligned());
-                acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], av, w0);
-                acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], av, w1);
-            }
+impl Tile<'_> {
+    /// Write the tile (`[MR][32]` f32) into `out`, with the VNNI kernel when `vnni` (only where
+    /// [`has_vnni`] is true), else the portable one: both give the same numbers.
+    fn run(&self, vnni: bool, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if vnni {
+            // SAFETY: `vnni` is only true where the CPU has AVX-512 F/BW/VNNI (`matmul` asserts
+            // it), and the slices hold MR rows of kp bytes and nb blocks of the panel.
+            return unsafe { self.kernel_vnni(out) };
         }
-        let c0 = _mm512_loadu_si512(corr.as_ptr().add(b * PANEL) as *const _);
-        let c1 = _mm512_loadu_si512(corr.as_ptr().add(b * PANEL + 16) as *const _);
-        let s0 = _mm512_loadu_ps(scales.as_ptr().add(b * PANEL));
-        let s1 = _mm512_loadu_ps(scales.as_ptr().add(b * PANEL + 16));
+        let _ = vnni;
+        self.kernel_portable(out)
+    }
+
+    /// The same integers and the same rescale, in the same order, as [`Tile::kernel_vnni`], in
+    /// plain Rust.
+    fn kernel_portable(&self, tile: &mut [f32]) {
+        let Tile {
+            a,
+            kp,
+            a_scale,
+            nb,
+            block,
+            w,
+            corr,
+            scales,
+        } = *self;
+        let k4s = block / 4;
         for r in 0..MR {
-            let asc = _mm512_set1_ps(*a_scale.get_unchecked(r * nb + b));
-            let v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r], c0));
-            let v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r + 1], c1));
-            f[2 * r] = _mm512_fmadd_ps(v0, _mm512_mul_ps(s0, asc), f[2 * r]);
-            f[2 * r + 1] = _mm512_fmadd_ps(v1, _mm512_mul_ps(s1, asc), f[2 * r + 1]);
+            let mut f = [0f32; PANEL];
+            for b in 0..nb {
+                let mut acc = [0i32; PANEL];
+                for k4 in 0..k4s {
+                    let g = b * k4s + k4;
+                    let av = &a[r * kp + g * 4..r * kp + g * 4 + 4];
+                    let wg = &w[g * 4 * PANEL..(g + 1) * 4 * PANEL];
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        let wc = &wg[c * 4..c * 4 + 4];
+                        *acc += (0..4).map(|i| av[i] as i32 * wc[i] as i32).sum::<i32>();
+                    }
+                }
+                let asc = a_scale[r * nb + b];
+                for c in 0..PANEL {
+                    let v = (acc[c] - corr[b * PANEL + c]) as f32;
+                    f[c] = v.mul_add(scales[b * PANEL + c] * asc, f[c]);
+                }
+            }
+            tile[r * PANEL..(r + 1) * PANEL].copy_from_slice(&f);
         }
     }
-    for r in 0..MR {
-        _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL), f[2 * r]);
-        _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL + 16), f[2 * r + 1]);
+
+    /// `vpdpbusd` over each block's K, then the block's rescale into f32.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn kernel_vnni(&self, tile: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let Tile {
+            a,
+            kp,
+            a_scale,
+            nb,
+            block,
+            w,
+            corr,
+            scales,
+        } = *self;
+        let k4s = block / 4;
+        let ap = a.as_ptr();
+        let wp = w.as_ptr();
+        let mut f = [_mm512_setzero_ps(); 2 * MR];
+        for b in 0..nb {
+            let mut acc = [_mm512_setzero_si512(); 2 * MR];
+            for k4 in 0..k4s {
+                let g = b * k4s + k4;
+                let w0 = _mm512_loadu_si512(wp.add(g * 128) as *const _);
+                let w1 = _mm512_loadu_si512(wp.add(g * 128 + 64) as *const _);
+                for r in 0..MR {
+                    let av =
+                        _mm512_set1_epi32((ap.add(r * kp + g * 4) as *const i32).read_unaligned());
+                    acc[2 * r] = _mm512_dpbusd_epi32(acc[2 * r], av, w0);
+                    acc[2 * r + 1] = _mm512_dpbusd_epi32(acc[2 * r + 1], av, w1);
+                }
+            }
+            let c0 = _mm512_loadu_si512(corr.as_ptr().add(b * PANEL) as *const _);
+            let c1 = _mm512_loadu_si512(corr.as_ptr().add(b * PANEL + 16) as *const _);
+            let s0 = _mm512_loadu_ps(scales.as_ptr().add(b * PANEL));
+            let s1 = _mm512_loadu_ps(scales.as_ptr().add(b * PANEL + 16));
+            for r in 0..MR {
+                let asc = _mm512_set1_ps(*a_scale.get_unchecked(r * nb + b));
+                let v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r], c0));
+                let v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r + 1], c1));
+                f[2 * r] = _mm512_fmadd_ps(v0, _mm512_mul_ps(s0, asc), f[2 * r]);
+                f[2 * r + 1] = _mm512_fmadd_ps(v1, _mm512_mul_ps(s1, asc), f[2 * r + 1]);
+            }
+        }
+        for r in 0..MR {
+            _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL), f[2 * r]);
+            _mm512_storeu_ps(tile.as_mut_ptr().add(r * PANEL + 16), f[2 * r + 1]);
+        }
     }
 }
 

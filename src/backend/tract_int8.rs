@@ -334,55 +334,19 @@ impl EvalOp for Int8Linear {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 1, "QwmInt8Linear expects one input");
         let (k, n) = (self.weights.k(), self.weights.n());
-        let a = &inputs[0];
-        let shape = a.shape();
-        ensure!(
-            shape.last() == Some(&k),
-            "QwmInt8Linear: input shape {shape:?}, expected last dimension K {k}"
-        );
-        let m: usize = shape[..shape.len() - 1].iter().product();
-        let mut out_shape: TVec<usize> = shape.into();
-        *out_shape.last_mut().expect("rank >= 1") = n;
-        // SAFETY: every element is written by the product below.
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
-        if m > 0 {
-            let a_ram = a.try_as_plain_ram()?;
-            let a_slice: &[f32] = a_ram.as_slice()?;
-            let mut out_ram = out.try_as_plain_ram_mut()?;
-            let out_slice: &mut [f32] = out_ram.as_slice_mut()?;
-            int8_gemm::matmul(
-                a_slice,
-                m,
-                &self.weights,
-                self.act,
-                out_slice,
-                int8_gemm::has_vnni(),
-            );
-        }
-        Ok(tvec!(out.into_tvalue()))
+        // Uninitialized output: the product writes every element.
+        super::tract_nbits::eval_linear("QwmInt8Linear", inputs, k, n, false, |a, m, out| {
+            int8_gemm::matmul(a, m, &self.weights, self.act, out, int8_gemm::has_vnni());
+            Ok(())
+        })
     }
 }
 
 impl TypedOp for Int8Linear {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 1, "QwmInt8Linear expects one input");
-        ensure!(
-            inputs[0].datum_type == f32::datum_type(),
-            "QwmInt8Linear: input must be f32"
-        );
-        let rank = inputs[0].rank();
-        ensure!(rank >= 1, "QwmInt8Linear: input must have rank >= 1");
-        ensure!(
-            inputs[0].shape[rank - 1] == self.weights.k().to_dim(),
-            "QwmInt8Linear: input last dimension {:?}, expected K {}",
-            inputs[0].shape[rank - 1],
-            self.weights.k()
-        );
-        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        shape[rank - 1] = self.weights.n().to_dim();
-        Ok(tvec!(f32::fact(shape)))
+        let (k, n) = (self.weights.k(), self.weights.n());
+        super::tract_nbits::linear_output_facts("QwmInt8Linear", inputs, k, n)
     }
 
     /// Leading axes pass through; K (input) and N (output) are the op's own.

@@ -305,61 +305,97 @@ impl EvalOp for PackedMatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 1, "QwmPackedMatMul expects one input");
-        let a = &inputs[0];
-        let shape = a.shape();
-        ensure!(
-            shape.last() == Some(&self.k),
-            "QwmPackedMatMul: input shape {shape:?}, expected last dimension K {}",
-            self.k
-        );
-        let m: usize = shape[..shape.len() - 1].iter().product();
-        let mut out_shape: TVec<usize> = shape.into();
-        *out_shape.last_mut().expect("rank >= 1") = self.n;
-        let mut out = Tensor::zero::<f32>(&out_shape)?;
-        if m > 0 {
-            // One scratch matrix per thread, reused across calls: a fresh multi-megabyte buffer
-            // would be mapped and page-faulted on every call.
-            thread_local! {
-                static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-            }
-            let mut w = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-            let a_ram = a.try_as_plain_ram()?;
-            let a_slice: &[f32] = a_ram.as_slice()?;
-            let mut out_ram = out.try_as_plain_ram_mut()?;
-            let out_slice: &mut [f32] = out_ram.as_slice_mut()?;
-            let av = ArrayView2::from_shape((m, self.k), a_slice)?;
-            let mut cv = ArrayViewMut2::from_shape((m, self.n), out_slice)?;
-            // The whole weight at once: dequantizing in cache-sized column panels was measured
-            // slower (encoder at batch 1: 0.73x float instead of 0.88x), as every panel repacks A.
-            w.resize(self.n * self.k, 0.0);
-            self.dequantize_into(0..self.n, &mut w);
-            let wv = ArrayView2::from_shape((self.n, self.k), &w[..])?;
-            ndarray::linalg::general_mat_mul(1.0, &av, &wv.t(), 0.0, &mut cv);
-            SCRATCH.with(|s| *s.borrow_mut() = w);
-        }
-        Ok(tvec!(out.into_tvalue()))
+        eval_linear(
+            "QwmPackedMatMul",
+            inputs,
+            self.k,
+            self.n,
+            true,
+            |a_slice, m, out_slice| {
+                // One scratch matrix per thread, reused across calls: a fresh multi-megabyte buffer
+                // would be mapped and page-faulted on every call.
+                thread_local! {
+                    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                let mut w = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+                let av = ArrayView2::from_shape((m, self.k), a_slice)?;
+                let mut cv = ArrayViewMut2::from_shape((m, self.n), out_slice)?;
+                // The whole weight at once: dequantizing in cache-sized column panels was measured
+                // slower (encoder at batch 1: 0.73x float instead of 0.88x), as every panel repacks A.
+                w.resize(self.n * self.k, 0.0);
+                self.dequantize_into(0..self.n, &mut w);
+                let wv = ArrayView2::from_shape((self.n, self.k), &w[..])?;
+                ndarray::linalg::general_mat_mul(1.0, &av, &wv.t(), 0.0, &mut cv);
+                SCRATCH.with(|s| *s.borrow_mut() = w);
+                Ok(())
+            },
+        )
     }
+}
+
+/// Evaluate an operator that maps the last axis (K) of its one f32 input to N: checks the input,
+/// allocates the output (zeroed when `zeroed`, else uninitialized for `f` to overwrite whole) and
+/// calls `f(input, rows, output)` unless there are no rows. Shared by [`PackedMatMul`] and
+/// [`super::tract_int8::Int8Linear`].
+pub(super) fn eval_linear(
+    op: &str,
+    inputs: TVec<TValue>,
+    k: usize,
+    n: usize,
+    zeroed: bool,
+    f: impl FnOnce(&[f32], usize, &mut [f32]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    ensure!(inputs.len() == 1, "{op} expects one input");
+    let a = &inputs[0];
+    let shape = a.shape();
+    ensure!(
+        shape.last() == Some(&k),
+        "{op}: input shape {shape:?}, expected last dimension K {k}"
+    );
+    let m: usize = shape[..shape.len() - 1].iter().product();
+    let mut out_shape: TVec<usize> = shape.into();
+    *out_shape.last_mut().expect("rank >= 1") = n;
+    let mut out = if zeroed {
+        Tensor::zero::<f32>(&out_shape)?
+    } else {
+        // SAFETY: `f` writes every element (the callers' contract).
+        unsafe { Tensor::uninitialized::<f32>(&out_shape)? }
+    };
+    if m > 0 {
+        let a_ram = a.try_as_plain_ram()?;
+        let mut out_ram = out.try_as_plain_ram_mut()?;
+        f(a_ram.as_slice()?, m, out_ram.as_slice_mut()?)?;
+    }
+    Ok(tvec!(out.into_tvalue()))
+}
+
+/// The output fact of such an operator: the input's shape with its last axis K replaced by N.
+pub(super) fn linear_output_facts(
+    op: &str,
+    inputs: &[&TypedFact],
+    k: usize,
+    n: usize,
+) -> TractResult<TVec<TypedFact>> {
+    ensure!(inputs.len() == 1, "{op} expects one input");
+    ensure!(
+        inputs[0].datum_type == f32::datum_type(),
+        "{op}: input must be f32"
+    );
+    let rank = inputs[0].rank();
+    ensure!(rank >= 1, "{op}: input must have rank >= 1");
+    ensure!(
+        inputs[0].shape[rank - 1] == k.to_dim(),
+        "{op}: input last dimension {:?}, expected K {k}",
+        inputs[0].shape[rank - 1]
+    );
+    let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
+    shape[rank - 1] = n.to_dim();
+    Ok(tvec!(f32::fact(shape)))
 }
 
 impl TypedOp for PackedMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 1, "QwmPackedMatMul expects one input");
-        ensure!(
-            inputs[0].datum_type == f32::datum_type(),
-            "QwmPackedMatMul: input must be f32"
-        );
-        let rank = inputs[0].rank();
-        ensure!(rank >= 1, "QwmPackedMatMul: input must have rank >= 1");
-        ensure!(
-            inputs[0].shape[rank - 1] == self.k.to_dim(),
-            "QwmPackedMatMul: input last dimension {:?}, expected K {}",
-            inputs[0].shape[rank - 1],
-            self.k
-        );
-        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        shape[rank - 1] = self.n.to_dim();
-        Ok(tvec!(f32::fact(shape)))
+        linear_output_facts("QwmPackedMatMul", inputs, self.k, self.n)
     }
 
     as_op!();
