@@ -136,8 +136,8 @@ pub fn bench_graph(
     let session = backend.load(
         graph,
         &LoadOptions {
-            threads: cfg.threads,
             low_mem: cfg.low_mem,
+            ..LoadOptions::with_threads(cfg.threads)
         },
     )?;
     let (rss_after_load, peak_rss_load) = (

@@ -202,8 +202,8 @@ impl RunArgs {
     /// profile) and `--low-mem`.
     fn load_options(&self, threads: usize) -> LoadOptions {
         LoadOptions {
-            threads,
             low_mem: self.low_mem,
+            ..LoadOptions::with_threads(threads)
         }
     }
 }

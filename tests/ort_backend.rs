@@ -370,8 +370,8 @@ fn weights_read_from_the_graph_file_give_the_same_numbers() {
             assert!(g.on_disk && !in_memory.on_disk);
             let one = LoadOptions::with_threads(1);
             let low = LoadOptions {
-                threads: 1,
                 low_mem: true,
+                ..LoadOptions::with_threads(1)
             };
             let reference = outputs(&in_memory, &one, enc);
             let from_file = outputs(g, &one, enc);

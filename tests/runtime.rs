@@ -334,3 +334,41 @@ fn tract_loads_each_weight_once() {
         "RSS rose {rss_peak} bytes while loading for {resident} resident"
     );
 }
+
+/// tract runs a large batch tile by tile (and split over threads): every tiling gives the
+/// outputs of one call on the whole batch. Rows are independent, so tiles change only the
+/// working set; tolerance 1e-6 of max |output| (tract's kernels may take other code paths for
+/// other row counts).
+#[test]
+fn tiled_batches_match_one_call() {
+    use qwm::backend::TensorRef;
+    let b = Bundle::open(&wall()).unwrap();
+    let backend = make_backend("tract").unwrap();
+    let inputs = qwm::bench::random_inputs(&b.predictor, 11, 5);
+    let refs: Vec<(&str, TensorRef<'_>)> = inputs
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), TensorRef { shape: s, data: d }))
+        .collect();
+    let run = |tile: Option<usize>, threads: usize| {
+        let opts = LoadOptions {
+            tile_rows: tile,
+            ..LoadOptions::with_threads(threads)
+        };
+        backend
+            .load(&b.predictor, &opts)
+            .unwrap()
+            .run(&refs)
+            .unwrap()
+    };
+    let whole = run(Some(usize::MAX), 1);
+    for (tile, threads) in [(Some(1), 1), (Some(3), 1), (Some(4), 2), (None, 2)] {
+        let tiled = run(tile, threads);
+        assert_eq!(tiled.len(), whole.len());
+        for (t, w) in tiled.iter().zip(&whole) {
+            assert_eq!(t.shape, w.shape, "tile {tile:?} threads {threads}");
+            assert_eq!(t.shape[0], 11);
+            let e = rel_err(&t.data, &w.data);
+            assert!(e <= 1e-6, "tile {tile:?} threads {threads}: rel err {e}");
+        }
+    }
+}

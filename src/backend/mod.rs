@@ -2,11 +2,13 @@
 //!
 //! A [`Backend`] loads a mapped graph into a [`Session`]; a session runs it on named f32 tensors.
 
+pub mod attention;
 pub mod external_data;
 pub mod int8_gemm;
 #[cfg(feature = "ort")]
 pub mod ort;
 pub mod tract;
+pub mod tract_attention;
 pub mod tract_int8;
 pub mod tract_nbits;
 
@@ -61,6 +63,10 @@ pub struct LoadOptions {
     /// external data read from the file, prepacking off). tract ignores it: it always copies
     /// each weight once, straight from the mapping.
     pub low_mem: bool,
+    /// Batch rows per call of tract's plan: a larger batch runs tile by tile. `None`: sized so
+    /// that a tile's largest intermediate tensor fits [`tract::TILE_BYTES`] (or the
+    /// `QWM_TRACT_TILE` environment variable, for measurements). ONNX Runtime ignores it.
+    pub tile_rows: Option<usize>,
 }
 
 impl LoadOptions {
@@ -69,6 +75,7 @@ impl LoadOptions {
         LoadOptions {
             threads,
             low_mem: false,
+            tile_rows: None,
         }
     }
 }

@@ -7,6 +7,11 @@
 //! heap after load 165 MiB instead of 243, and no further copy per size; same speed on the shipped
 //! model). Graphs that do not type-check symbolically fall back to one plan per size.
 //! Threads split a batch into contiguous parts run concurrently, each on its own plan state.
+//! Each part runs in tiles of a few batch rows, sized so that one tile's largest intermediate
+//! tensor stays within [`TILE_BYTES`]: at DINO-WM's size a whole CEM batch of activations does
+//! not fit the caches (one 300-candidate MLP activation is 470 MiB), and per-candidate throughput
+//! fell by a third from batch 16 to batch 32 or 300 (int8 predictor: 20.3 -> 14.9 and 13.5
+//! cand/s; float 9.5 -> 7.7 at 300). Tiles also bound a call's activation memory.
 
 use super::{split_ranges, Backend, LoadOptions, Session, Tensor, TensorRef};
 use crate::bundle::MappedGraph;
@@ -33,6 +38,50 @@ pub struct TractSession {
     symbolic_failed: std::sync::atomic::AtomicBool,
     /// One plan per batch size from the start (graphs with integer matmuls).
     per_size: bool,
+    /// Bytes of the largest intermediate tensor per batch row (0 until a plan is built).
+    row_bytes: std::sync::atomic::AtomicUsize,
+    /// [`LoadOptions::tile_rows`].
+    tile_rows: Option<usize>,
+}
+
+/// Working-set target of one tile of the batch: the largest intermediate tensor of a tile stays
+/// within it. Measured on the full-size predictor (largest tensor 1.5 MiB per candidate, so
+/// tiles of 16): tiles of 4 to 16 candidates run at the same speed, 32 and more lose a third.
+pub const TILE_BYTES: usize = 24 << 20;
+
+/// Batch rows per tile: `fixed` (the load option, else `QWM_TRACT_TILE`), or as many rows as
+/// fit [`TILE_BYTES`] for a graph whose largest intermediate takes `row_bytes` per row.
+fn tile_rows(fixed: Option<usize>, row_bytes: usize) -> usize {
+    let fixed = fixed.or_else(|| {
+        std::env::var("QWM_TRACT_TILE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    });
+    if let Some(t) = fixed {
+        return t.max(1);
+    }
+    if row_bytes == 0 {
+        return usize::MAX;
+    }
+    (TILE_BYTES / row_bytes).max(1)
+}
+
+/// Bytes per batch row of the largest non-constant tensor of a plan built for `batch` rows
+/// (`None`: symbolic, `sym` is the batch symbol).
+fn largest_row_bytes(plan: &Plan, batch: Option<usize>, sym: &Symbol) -> usize {
+    let values = SymbolValues::default().with(sym, 1);
+    let rows = batch.unwrap_or(1).max(1);
+    plan.model()
+        .nodes()
+        .iter()
+        .flat_map(|n| n.outputs.iter())
+        .filter(|o| o.fact.konst.is_none())
+        .filter_map(|o| {
+            let vol = o.fact.shape.volume().eval(&values).to_i64().ok()?;
+            Some(vol.max(0) as usize * o.fact.datum_type.size_of() / rows)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn err(graph: &str, msg: impl std::fmt::Display) -> QwmError {
@@ -109,6 +158,7 @@ fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     super::tract_nbits::register(&mut onnx);
     super::tract_int8::register(&mut onnx);
+    super::tract_attention::register(&mut onnx);
     onnx
 }
 
@@ -125,7 +175,8 @@ fn import(bytes: &Arc<memmap2::Mmap>, name: &str) -> Result<InferenceModel> {
         .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     drop(ext);
     let fused = super::tract_int8::fuse_model(&mut proto);
-    log::debug!("{name}: {fused} int8 linear chains fused");
+    let attention = super::tract_attention::fuse_model(&mut proto);
+    log::debug!("{name}: {fused} int8 linear chains and {attention} attention blocks fused");
     let mut onnx = onnx();
     onnx.provider = Arc::new(super::external_data::MappedResolver {
         bytes: bytes.clone(),
@@ -220,6 +271,8 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
         plans: Mutex::new(HashMap::new()),
         symbolic_failed: std::sync::atomic::AtomicBool::new(false),
         per_size: integer_ops,
+        row_bytes: std::sync::atomic::AtomicUsize::new(0),
+        tile_rows: opts.tile_rows,
     };
     // Build the batch-1 plan now: the graph must type-check with the manifest's shapes.
     session.plan(1)?;
@@ -285,9 +338,10 @@ impl TractSession {
         phase("before decoding");
         let mut model = import(&self.bytes, &self.name)?;
         phase("imported");
+        let sym = model.sym("B");
         let b: TDim = match batch {
             Some(b) => b.to_dim(),
-            None => model.sym("B").to_dim(),
+            None => sym.to_dim(),
         };
         for (i, (n, shape)) in self.inputs.iter().enumerate() {
             let dims: Vec<TDim> = shape
@@ -320,10 +374,37 @@ impl TractSession {
             .and_then(|m| m.into_runnable())
             .map_err(untyped)?;
         phase("optimized");
+        let rows = largest_row_bytes(&plan, batch, &sym);
+        log::debug!(
+            "{}: largest intermediate {rows} bytes per batch row: tiles of {} rows",
+            self.name,
+            tile_rows(self.tile_rows, rows)
+        );
+        self.row_bytes
+            .fetch_max(rows, std::sync::atomic::Ordering::Relaxed);
         Ok(plan)
     }
 
+    /// Run the rows `range` of the batch, tile by tile (see [`TILE_BYTES`]).
     fn run_part(
+        &self,
+        inputs: &[TensorRef<'_>],
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<Tensor>> {
+        let rows = self.row_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let tile = tile_rows(self.tile_rows, rows);
+        if range.len() <= tile {
+            return self.run_tile(inputs, range);
+        }
+        // Near-equal tiles: at most two sizes, so at most two plans where plans are per size.
+        let parts = split_ranges(range.len(), range.len().div_ceil(tile))
+            .into_iter()
+            .map(|r| self.run_tile(inputs, range.start + r.start..range.start + r.end))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(concat_parts(parts))
+    }
+
+    fn run_tile(
         &self,
         inputs: &[TensorRef<'_>],
         range: std::ops::Range<usize>,
