@@ -4,9 +4,11 @@
 
 pub mod attention;
 pub mod external_data;
+pub mod fusion;
 pub mod int8_gemm;
 #[cfg(feature = "ort")]
 pub mod ort;
+pub mod ort_fusion;
 pub mod tract;
 pub mod tract_attention;
 pub mod tract_int8;

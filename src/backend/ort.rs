@@ -246,9 +246,10 @@ fn commit(
              load it without --low-mem",
         ));
     } else {
+        let fused = fused_proto(name, &graph.bytes[..])?;
         let mut builder = builder;
         builder
-            .commit_from_memory(&graph.bytes[..])
+            .commit_from_memory(fused.as_deref().unwrap_or(&graph.bytes[..]))
             .map_err(|e| err(name, format!("cannot load graph: {e}")))?
     };
     crate::mem::release_free_memory();
@@ -310,9 +311,31 @@ fn load_from_file(
             dir_text,
         )
         .map_err(|e| err(name, e))?;
+    let fused = fused_proto(name, &ext.proto)?;
     builder
-        .commit_from_memory(&ext.proto)
+        .commit_from_memory(fused.as_deref().unwrap_or(&ext.proto))
         .map_err(|e| err(name, format!("cannot load graph: {e}")))
+}
+
+/// The graph's protobuf with [`super::ort_fusion`]'s rewrites, or `None` when they change
+/// nothing (or are off).
+fn fused_proto(name: &str, proto: &[u8]) -> Result<Option<Vec<u8>>> {
+    use prost::Message;
+    if !super::ort_fusion::enabled() {
+        return Ok(None);
+    }
+    let mut m = tract_onnx::pb::ModelProto::decode(proto)
+        .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
+    let fused = super::ort_fusion::fuse_model(&mut m);
+    log::debug!(
+        "{name}: {} int8 products and {} attention blocks handed to ONNX Runtime's fused kernels",
+        fused.int8_linears,
+        fused.attention
+    );
+    if fused == super::ort_fusion::Fused::default() {
+        return Ok(None);
+    }
+    Ok(Some(m.encode_to_vec()))
 }
 
 impl OrtSession {

@@ -19,7 +19,7 @@
 //! comparisons.
 
 use super::attention::{self, Dims, Mask};
-use std::collections::HashMap;
+use super::fusion::{find_attention_chains, splice};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto, GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
@@ -50,172 +50,19 @@ pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
     }
 }
 
-/// The four single-letter axis labels of each term of an `Einsum` equation `a,b->c`.
-fn einsum_terms(node: &NodeProto) -> Option<[[u8; 4]; 3]> {
-    let eq = node.attribute.iter().find(|a| a.name == "equation")?;
-    let eq: Vec<u8> =
-        eq.s.iter()
-            .copied()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
-    let eq = std::str::from_utf8(&eq).ok()?;
-    let (lhs, out) = eq.split_once("->")?;
-    let (a, b) = lhs.split_once(',')?;
-    let term = |s: &str| -> Option<[u8; 4]> {
-        let t: [u8; 4] = s.as_bytes().try_into().ok()?;
-        let distinct = (0..4).all(|i| (i + 1..4).all(|j| t[i] != t[j]));
-        (t.iter().all(u8::is_ascii_alphabetic) && distinct).then_some(t)
-    };
-    Some([term(a)?, term(b)?, term(out)?])
-}
-
-/// `q [b n h d], k [b m h d] -> scores [b h n m]`.
-fn is_scores_product(node: &NodeProto) -> bool {
-    let Some([[b, n, h, d], k, o]) = einsum_terms(node) else {
-        return false;
-    };
-    let m = k[1];
-    ![b, n, h, d].contains(&m) && k == [b, m, h, d] && o == [b, h, n, m]
-}
-
-/// `weights [b h n m], v [b m h e] -> out [b n h e]`.
-fn is_values_product(node: &NodeProto) -> bool {
-    let Some([[b, h, n, m], v, o]) = einsum_terms(node) else {
-        return false;
-    };
-    let e = v[3];
-    ![b, h, n, m].contains(&e) && v == [b, m, h, e] && o == [b, n, h, e]
-}
-
-/// Rewrite every fusable attention chain of `g` (see the module docs) into one [`OP_TYPE`] node
+/// Rewrite every attention chain of `g` ([`find_attention_chains`]) into one [`OP_TYPE`] node
 /// with inputs `(q, k, v, scale)` or `(q, k, v, scale, cond, fill)` and the attribute `fill_when`
-/// (1: fill where `cond` is true). `opset` is the model's default-domain opset (Softmax's axis
-/// defaults to the last one from 13). Returns how many chains were fused.
+/// (1: fill where `cond` is true). `opset` is the model's default-domain opset. Returns how many
+/// chains were fused.
 pub fn fuse_attention(g: &mut GraphProto, opset: i64) -> usize {
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    for n in &g.node {
-        for i in &n.input {
-            *uses.entry(i.as_str()).or_default() += 1;
-        }
-    }
-    for o in &g.output {
-        *uses.entry(o.name.as_str()).or_default() += 1;
-    }
-    let producer: HashMap<&str, usize> = g
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-        .collect();
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for inp in &n.input {
-            consumers.entry(inp.as_str()).or_default().push(i);
-        }
-    }
-    let sole_consumer = |name: &str| -> Option<usize> {
-        (uses.get(name) == Some(&1)).then(|| consumers.get(name).map(|c| c[0]))?
-    };
-    let single = Single {
-        g,
-        producer: &producer,
-    };
-    let plain = |n: &NodeProto, op: &str| n.op_type == op && n.domain.is_empty();
-    // (scores product, scale Mul, Where if any, Softmax, values product) and what the fused
-    // node needs from them.
-    struct Chain {
-        nodes: Vec<usize>,
-        inputs: Vec<String>,
-        fill_when: bool,
-    }
-    let mut chains = vec![];
-    for (ei, e1) in g.node.iter().enumerate() {
-        if !plain(e1, "Einsum") || e1.input.len() != 2 || !is_scores_product(e1) {
-            continue;
-        }
-        let Some(mi) = sole_consumer(&e1.output[0]) else {
-            continue;
-        };
-        let mul = &g.node[mi];
-        if !plain(mul, "Mul") || mul.input.len() != 2 {
-            continue;
-        }
-        let scale = if mul.input[0] == e1.output[0] {
-            &mul.input[1]
-        } else {
-            &mul.input[0]
-        };
-        if !single.is_single(scale, 0) {
-            continue;
-        }
-        let Some(mut next) = sole_consumer(&mul.output[0]) else {
-            continue;
-        };
-        let mut nodes = vec![ei, mi];
-        let mut inputs = vec![
-            e1.input[0].clone(),
-            e1.input[1].clone(),
-            String::new(),
-            scale.clone(),
-        ];
-        let mut fill_when = true;
-        let w = &g.node[next];
-        if plain(w, "Where") && w.input.len() == 3 {
-            let (fill, when) = if w.input[2] == mul.output[0] {
-                (&w.input[1], true)
-            } else if w.input[1] == mul.output[0] {
-                (&w.input[2], false)
-            } else {
-                continue;
-            };
-            if !single.is_single(fill, 0) || w.input[0] == mul.output[0] {
-                continue;
-            }
-            inputs.push(w.input[0].clone());
-            inputs.push(fill.clone());
-            fill_when = when;
-            nodes.push(next);
-            let Some(n) = sole_consumer(&w.output[0]) else {
-                continue;
-            };
-            next = n;
-        }
-        let sm = &g.node[next];
-        let axis = sm.attribute.iter().find(|a| a.name == "axis").map(|a| a.i);
-        let last_axis = match axis {
-            Some(a) => a == -1 || a == 3,
-            None => opset >= 13,
-        };
-        if !plain(sm, "Softmax") || !last_axis {
-            continue;
-        }
-        nodes.push(next);
-        let Some(e2i) = sole_consumer(&sm.output[0]) else {
-            continue;
-        };
-        let e2 = &g.node[e2i];
-        if !plain(e2, "Einsum")
-            || e2.input.len() != 2
-            || e2.input[0] != sm.output[0]
-            || !is_values_product(e2)
-        {
-            continue;
-        }
-        inputs[2] = e2.input[1].clone();
-        nodes.push(e2i);
-        chains.push(Chain {
-            nodes,
-            inputs,
-            fill_when,
-        });
-    }
-    let fused = chains.len();
-    let mut drop = vec![false; g.node.len()];
-    for c in chains {
+    let chains = find_attention_chains(g, opset);
+    let mut edits = vec![];
+    let mut drop = vec![];
+    for c in &chains {
         let &last = c.nodes.last().expect("a chain has nodes");
         let e2 = &g.node[last];
         let node = NodeProto {
-            input: c.inputs,
+            input: c.inputs.clone(),
             output: e2.output.clone(),
             name: format!("{}.qwm_attention", e2.name),
             op_type: OP_TYPE.into(),
@@ -228,81 +75,11 @@ pub fn fuse_attention(g: &mut GraphProto, opset: i64) -> usize {
             }],
             doc_string: String::new(),
         };
-        // The fused node takes the last product's place: every input it reads is produced
-        // before that, everything it feeds comes after.
-        g.node[last] = node;
-        for &i in &c.nodes[..c.nodes.len() - 1] {
-            drop[i] = true;
-        }
+        edits.push((last, vec![node]));
+        drop.extend_from_slice(&c.nodes[..c.nodes.len() - 1]);
     }
-    let mut i = 0;
-    g.node.retain(|_| {
-        i += 1;
-        !drop[i - 1]
-    });
-    fused
-}
-
-/// Which tensors of a graph provably hold one number.
-struct Single<'a> {
-    g: &'a GraphProto,
-    producer: &'a HashMap<&'a str, usize>,
-}
-
-impl Single<'_> {
-    /// One element, at most rank 4 (so it broadcasts into the scores without changing their
-    /// shape): an initializer or `Constant`, elementwise arithmetic on such tensors, or one
-    /// dimension picked out of a `Shape`.
-    fn is_single(&self, name: &str, depth: usize) -> bool {
-        let one = |dims: &[i64]| dims.len() <= 4 && dims.iter().product::<i64>() == 1;
-        if depth > 32 {
-            return false;
-        }
-        if let Some(t) = self.g.initializer.iter().find(|t| t.name == name) {
-            return one(&t.dims);
-        }
-        let Some(&pi) = self.producer.get(name) else {
-            return false;
-        };
-        let p = &self.g.node[pi];
-        if !p.domain.is_empty() {
-            return false;
-        }
-        match p.op_type.as_str() {
-            "Constant" => p.attribute.iter().any(|a| match a.name.as_str() {
-                "value" => a.t.as_ref().is_some_and(|t| one(&t.dims)),
-                "value_float" | "value_int" => true,
-                _ => false,
-            }),
-            "Cast" | "Pow" | "Sqrt" | "Reciprocal" | "Div" | "Mul" | "Add" | "Sub" | "Neg"
-            | "Identity" => p.input.iter().all(|i| self.is_single(i, depth + 1)),
-            // A scalar index into a shape (rank 1) gives a scalar.
-            "Gather" => {
-                p.input.len() == 2
-                    && self
-                        .producer
-                        .get(p.input[0].as_str())
-                        .is_some_and(|&s| self.g.node[s].op_type == "Shape")
-                    && self.is_rank0_constant(&p.input[1])
-            }
-            _ => false,
-        }
-    }
-
-    fn is_rank0_constant(&self, name: &str) -> bool {
-        if let Some(t) = self.g.initializer.iter().find(|t| t.name == name) {
-            return t.dims.is_empty();
-        }
-        self.producer.get(name).is_some_and(|&pi| {
-            let p = &self.g.node[pi];
-            p.op_type == "Constant"
-                && p.attribute.iter().any(|a| match a.name.as_str() {
-                    "value" => a.t.as_ref().is_some_and(|t| t.dims.is_empty()),
-                    "value_int" => true,
-                    _ => false,
-                })
-        })
-    }
+    splice(g, edits, &drop);
+    chains.len()
 }
 
 fn parse(

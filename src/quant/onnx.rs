@@ -147,7 +147,7 @@ pub(crate) fn u8_tensor(name: &str, dims: &[i64], data: &[u8]) -> TensorProto {
     }
 }
 
-fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
+pub(crate) fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
     TensorProto {
         name: name.into(),
         dims: dims.to_vec(),

@@ -1,0 +1,260 @@
+//! Pattern matching on ONNX protobufs, shared by the engines' fusions ([`super::tract_attention`]
+//! for tract, [`super::ort_fusion`] for ONNX Runtime): the graph's use counts, and the exported
+//! attention chain `Einsum(q, k) -> Mul(scale) -> [Where(mask)] -> Softmax -> Einsum(., v)`.
+
+use std::collections::HashMap;
+use tract_onnx::pb::{GraphProto, NodeProto};
+
+/// One attention chain of a graph: scores `q [b n h d], k [b m h d] -> [b h n m]`, scaled by
+/// one number, optionally masked by `Where`, softmaxed along the keys and multiplied with
+/// `v [b m h e]` into `[b n h e]`. Every tensor between its nodes has one consumer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionChain {
+    /// Node indices: scores product, scale `Mul`, `Where` (when masked), `Softmax`, values
+    /// product (last).
+    pub nodes: Vec<usize>,
+    /// `[q, k, v, scale]`, then `cond, fill` when masked.
+    pub inputs: Vec<String>,
+    /// Masked: the fill replaces the scores where `cond` is true (`Where(cond, fill, scores)`),
+    /// else where it is false.
+    pub fill_when: bool,
+}
+
+impl AttentionChain {
+    /// The chain's output (the values product's).
+    pub fn output<'g>(&self, g: &'g GraphProto) -> &'g str {
+        &g.node[*self.nodes.last().expect("a chain has nodes")].output[0]
+    }
+}
+
+/// The four single-letter axis labels of each term of an `Einsum` equation `a,b->c`.
+pub fn einsum_terms(node: &NodeProto) -> Option<[[u8; 4]; 3]> {
+    let eq = node.attribute.iter().find(|a| a.name == "equation")?;
+    let eq: Vec<u8> =
+        eq.s.iter()
+            .copied()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+    let eq = std::str::from_utf8(&eq).ok()?;
+    let (lhs, out) = eq.split_once("->")?;
+    let (a, b) = lhs.split_once(',')?;
+    let term = |s: &str| -> Option<[u8; 4]> {
+        let t: [u8; 4] = s.as_bytes().try_into().ok()?;
+        let distinct = (0..4).all(|i| (i + 1..4).all(|j| t[i] != t[j]));
+        (t.iter().all(u8::is_ascii_alphabetic) && distinct).then_some(t)
+    };
+    Some([term(a)?, term(b)?, term(out)?])
+}
+
+/// `q [b n h d], k [b m h d] -> scores [b h n m]`.
+fn is_scores_product(node: &NodeProto) -> bool {
+    let Some([[b, n, h, d], k, o]) = einsum_terms(node) else {
+        return false;
+    };
+    let m = k[1];
+    ![b, n, h, d].contains(&m) && k == [b, m, h, d] && o == [b, h, n, m]
+}
+
+/// `weights [b h n m], v [b m h e] -> out [b n h e]`.
+fn is_values_product(node: &NodeProto) -> bool {
+    let Some([[b, h, n, m], v, o]) = einsum_terms(node) else {
+        return false;
+    };
+    let e = v[3];
+    ![b, h, n, m].contains(&e) && v == [b, m, h, e] && o == [b, n, h, e]
+}
+
+/// Every attention chain of `g` (see [`AttentionChain`]): the equations are `bnhd,bmhd->bhnm`
+/// and `bhnm,bmhd->bnhd` (any letters in those roles), the scale and the fill value are provably
+/// single numbers (initializers, constants, or arithmetic on them and on single dimensions of a
+/// shape), and the softmax is along the last axis (`opset` is the model's default-domain opset:
+/// Softmax's axis defaults to the last one from 13).
+pub fn find_attention_chains(g: &GraphProto, opset: i64) -> Vec<AttentionChain> {
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for n in &g.node {
+        for i in &n.input {
+            *uses.entry(i.as_str()).or_default() += 1;
+        }
+    }
+    for o in &g.output {
+        *uses.entry(o.name.as_str()).or_default() += 1;
+    }
+    let producer: HashMap<&str, usize> = g
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in g.node.iter().enumerate() {
+        for inp in &n.input {
+            consumers.entry(inp.as_str()).or_default().push(i);
+        }
+    }
+    let sole_consumer = |name: &str| -> Option<usize> {
+        (uses.get(name) == Some(&1)).then(|| consumers.get(name).map(|c| c[0]))?
+    };
+    let single = Single {
+        g,
+        producer: &producer,
+    };
+    let plain = |n: &NodeProto, op: &str| n.op_type == op && n.domain.is_empty();
+    let mut chains = vec![];
+    for (ei, e1) in g.node.iter().enumerate() {
+        if !plain(e1, "Einsum") || e1.input.len() != 2 || !is_scores_product(e1) {
+            continue;
+        }
+        let Some(mi) = sole_consumer(&e1.output[0]) else {
+            continue;
+        };
+        let mul = &g.node[mi];
+        if !plain(mul, "Mul") || mul.input.len() != 2 {
+            continue;
+        }
+        let scale = if mul.input[0] == e1.output[0] {
+            &mul.input[1]
+        } else {
+            &mul.input[0]
+        };
+        if !single.is_single(scale, 0) {
+            continue;
+        }
+        let Some(mut next) = sole_consumer(&mul.output[0]) else {
+            continue;
+        };
+        let mut nodes = vec![ei, mi];
+        let mut inputs = vec![
+            e1.input[0].clone(),
+            e1.input[1].clone(),
+            String::new(),
+            scale.clone(),
+        ];
+        let mut fill_when = true;
+        let w = &g.node[next];
+        if plain(w, "Where") && w.input.len() == 3 {
+            let (fill, when) = if w.input[2] == mul.output[0] {
+                (&w.input[1], true)
+            } else if w.input[1] == mul.output[0] {
+                (&w.input[2], false)
+            } else {
+                continue;
+            };
+            if !single.is_single(fill, 0) || w.input[0] == mul.output[0] {
+                continue;
+            }
+            inputs.push(w.input[0].clone());
+            inputs.push(fill.clone());
+            fill_when = when;
+            nodes.push(next);
+            let Some(n) = sole_consumer(&w.output[0]) else {
+                continue;
+            };
+            next = n;
+        }
+        let sm = &g.node[next];
+        let axis = sm.attribute.iter().find(|a| a.name == "axis").map(|a| a.i);
+        let last_axis = match axis {
+            Some(a) => a == -1 || a == 3,
+            None => opset >= 13,
+        };
+        if !plain(sm, "Softmax") || !last_axis {
+            continue;
+        }
+        nodes.push(next);
+        let Some(e2i) = sole_consumer(&sm.output[0]) else {
+            continue;
+        };
+        let e2 = &g.node[e2i];
+        if !plain(e2, "Einsum")
+            || e2.input.len() != 2
+            || e2.input[0] != sm.output[0]
+            || !is_values_product(e2)
+        {
+            continue;
+        }
+        inputs[2] = e2.input[1].clone();
+        nodes.push(e2i);
+        chains.push(AttentionChain {
+            nodes,
+            inputs,
+            fill_when,
+        });
+    }
+    chains
+}
+
+/// Replace nodes of `g`: each `(at, nodes)` puts `nodes` in node `at`'s place (so they may read
+/// anything produced before it and feed anything after it); the nodes in `drop` go.
+pub fn splice(g: &mut GraphProto, edits: Vec<(usize, Vec<NodeProto>)>, drop: &[usize]) {
+    let mut edits: HashMap<usize, Vec<NodeProto>> = edits.into_iter().collect();
+    let old = std::mem::take(&mut g.node);
+    for (i, n) in old.into_iter().enumerate() {
+        if let Some(new) = edits.remove(&i) {
+            g.node.extend(new);
+        } else if !drop.contains(&i) {
+            g.node.push(n);
+        }
+    }
+}
+
+/// Which tensors of a graph provably hold one number.
+struct Single<'a> {
+    g: &'a GraphProto,
+    producer: &'a HashMap<&'a str, usize>,
+}
+
+impl Single<'_> {
+    /// One element, at most rank 4 (so it broadcasts into the scores without changing their
+    /// shape): an initializer or `Constant`, elementwise arithmetic on such tensors, or one
+    /// dimension picked out of a `Shape`.
+    fn is_single(&self, name: &str, depth: usize) -> bool {
+        let one = |dims: &[i64]| dims.len() <= 4 && dims.iter().product::<i64>() == 1;
+        if depth > 32 {
+            return false;
+        }
+        if let Some(t) = self.g.initializer.iter().find(|t| t.name == name) {
+            return one(&t.dims);
+        }
+        let Some(&pi) = self.producer.get(name) else {
+            return false;
+        };
+        let p = &self.g.node[pi];
+        if !p.domain.is_empty() {
+            return false;
+        }
+        match p.op_type.as_str() {
+            "Constant" => p.attribute.iter().any(|a| match a.name.as_str() {
+                "value" => a.t.as_ref().is_some_and(|t| one(&t.dims)),
+                "value_float" | "value_int" => true,
+                _ => false,
+            }),
+            "Cast" | "Pow" | "Sqrt" | "Reciprocal" | "Div" | "Mul" | "Add" | "Sub" | "Neg"
+            | "Identity" => p.input.iter().all(|i| self.is_single(i, depth + 1)),
+            // A scalar index into a shape (rank 1) gives a scalar.
+            "Gather" => {
+                p.input.len() == 2
+                    && self
+                        .producer
+                        .get(p.input[0].as_str())
+                        .is_some_and(|&s| self.g.node[s].op_type == "Shape")
+                    && self.is_rank0_constant(&p.input[1])
+            }
+            _ => false,
+        }
+    }
+
+    fn is_rank0_constant(&self, name: &str) -> bool {
+        if let Some(t) = self.g.initializer.iter().find(|t| t.name == name) {
+            return t.dims.is_empty();
+        }
+        self.producer.get(name).is_some_and(|&pi| {
+            let p = &self.g.node[pi];
+            p.op_type == "Constant"
+                && p.attribute.iter().any(|a| match a.name.as_str() {
+                    "value" => a.t.as_ref().is_some_and(|t| t.dims.is_empty()),
+                    "value_int" => true,
+                    _ => false,
+                })
+        })
+    }
+}
