@@ -3,7 +3,7 @@
 //! attention chain `Einsum(q, k) -> Mul(scale) -> [Where(mask)] -> Softmax -> Einsum(., v)`.
 
 use std::collections::HashMap;
-use tract_onnx::pb::{GraphProto, NodeProto};
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
 
 /// One attention chain of a graph: scores `q [b n h d], k [b m h d] -> [b h n m]`, scaled by
 /// one number, optionally masked by `Where`, softmaxed along the keys and multiplied with
@@ -70,34 +70,8 @@ fn is_values_product(node: &NodeProto) -> bool {
 /// shape), and the softmax is along the last axis (`opset` is the model's default-domain opset:
 /// Softmax's axis defaults to the last one from 13).
 pub fn find_attention_chains(g: &GraphProto, opset: i64) -> Vec<AttentionChain> {
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    for n in &g.node {
-        for i in &n.input {
-            *uses.entry(i.as_str()).or_default() += 1;
-        }
-    }
-    for o in &g.output {
-        *uses.entry(o.name.as_str()).or_default() += 1;
-    }
-    let producer: HashMap<&str, usize> = g
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-        .collect();
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for inp in &n.input {
-            consumers.entry(inp.as_str()).or_default().push(i);
-        }
-    }
-    let sole_consumer = |name: &str| -> Option<usize> {
-        (uses.get(name) == Some(&1)).then(|| consumers.get(name).map(|c| c[0]))?
-    };
-    let single = Single {
-        g,
-        producer: &producer,
-    };
+    let ix = GraphIndex::new(g);
+    let sole_consumer = |name: &str| ix.sole_consumer(name);
     let plain = |n: &NodeProto, op: &str| n.op_type == op && n.domain.is_empty();
     let mut chains = vec![];
     for (ei, e1) in g.node.iter().enumerate() {
@@ -116,7 +90,7 @@ pub fn find_attention_chains(g: &GraphProto, opset: i64) -> Vec<AttentionChain> 
         } else {
             &mul.input[0]
         };
-        if !single.is_single(scale, 0) {
+        if !ix.is_single(scale, 0) {
             continue;
         }
         let Some(mut next) = sole_consumer(&mul.output[0]) else {
@@ -139,7 +113,7 @@ pub fn find_attention_chains(g: &GraphProto, opset: i64) -> Vec<AttentionChain> 
             } else {
                 continue;
             };
-            if !single.is_single(fill, 0) || w.input[0] == mul.output[0] {
+            if !ix.is_single(fill, 0) || w.input[0] == mul.output[0] {
                 continue;
             }
             inputs.push(w.input[0].clone());
@@ -197,17 +171,158 @@ pub fn splice(g: &mut GraphProto, edits: Vec<(usize, Vec<NodeProto>)>, drop: &[u
     }
 }
 
-/// Which tensors of a graph provably hold one number.
-struct Single<'a> {
-    g: &'a GraphProto,
-    producer: &'a HashMap<&'a str, usize>,
+/// Use counts, producers and consumers of a graph's tensors, and what can be read off its
+/// constants.
+pub struct GraphIndex<'g> {
+    /// The graph.
+    pub g: &'g GraphProto,
+    uses: HashMap<&'g str, usize>,
+    producer: HashMap<&'g str, usize>,
+    consumers: HashMap<&'g str, Vec<usize>>,
 }
 
-impl Single<'_> {
+impl<'g> GraphIndex<'g> {
+    /// Index `g`.
+    pub fn new(g: &'g GraphProto) -> GraphIndex<'g> {
+        let mut uses: HashMap<&str, usize> = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in g.node.iter().enumerate() {
+            for inp in &n.input {
+                *uses.entry(inp.as_str()).or_default() += 1;
+                consumers.entry(inp.as_str()).or_default().push(i);
+            }
+        }
+        for o in &g.output {
+            *uses.entry(o.name.as_str()).or_default() += 1;
+        }
+        let producer = g
+            .node
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+            .collect();
+        GraphIndex {
+            g,
+            uses,
+            producer,
+            consumers,
+        }
+    }
+
+    /// The node reading `name`, if it is its only reader (and not a graph output).
+    pub fn sole_consumer(&self, name: &str) -> Option<usize> {
+        (self.uses.get(name) == Some(&1)).then(|| self.consumers.get(name).map(|c| c[0]))?
+    }
+
+    /// How many nodes (and graph outputs) read `name`.
+    pub fn uses(&self, name: &str) -> usize {
+        self.uses.get(name).copied().unwrap_or(0)
+    }
+
+    /// The index of the node producing `name`.
+    pub fn producer_index(&self, name: &str) -> Option<usize> {
+        self.producer.get(name).copied()
+    }
+
+    /// The node producing `name`.
+    pub fn producer(&self, name: &str) -> Option<&'g NodeProto> {
+        self.producer.get(name).map(|&i| &self.g.node[i])
+    }
+
+    /// The initializer `name`.
+    pub fn initializer(&self, name: &str) -> Option<&'g TensorProto> {
+        self.g.initializer.iter().find(|t| t.name == name)
+    }
+
+    /// A constant tensor: an initializer or a `Constant` node's `value`.
+    pub fn constant(&self, name: &str) -> Option<&'g TensorProto> {
+        self.initializer(name).or_else(|| {
+            let p = self.producer(name)?;
+            (p.op_type == "Constant" && p.domain.is_empty())
+                .then(|| p.attribute.iter().find(|a| a.name == "value")?.t.as_ref())?
+        })
+    }
+
+    /// The values of a small constant integer vector (inline data).
+    pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        let t = self.constant(name)?;
+        match DataType::try_from(t.data_type).ok()? {
+            DataType::Int64 if !t.raw_data.is_empty() => Some(
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+            ),
+            DataType::Int64 => Some(t.int64_data.clone()),
+            _ => None,
+        }
+    }
+
+    /// The value of a one-element float constant (inline data).
+    pub fn single_f32(&self, name: &str) -> Option<f32> {
+        if let Some(p) = self.producer(name) {
+            if let Some(a) = p.attribute.iter().find(|a| a.name == "value_float") {
+                return (p.op_type == "Constant").then_some(a.f);
+            }
+        }
+        let t = self.constant(name)?;
+        if t.data_type != DataType::Float as i32 || t.dims.iter().product::<i64>() != 1 {
+            return None;
+        }
+        t.float_data
+            .first()
+            .copied()
+            .or_else(|| Some(f32::from_le_bytes(t.raw_data.get(..4)?.try_into().ok()?)))
+    }
+
+    /// `name` with any chain of `Cast`s before it skipped.
+    pub fn through_casts(&self, mut name: &'g str) -> &'g str {
+        for _ in 0..16 {
+            match self.producer(name) {
+                Some(p) if p.op_type == "Cast" && p.domain.is_empty() => name = &p.input[0],
+                _ => break,
+            }
+        }
+        name
+    }
+
+    /// The tensor that element `idx` of the shape vector `name` is built from: the element itself
+    /// when the vector is constant (`Ok`), or the one-element piece a `Concat` takes it from
+    /// (`Err(piece)`, the `Unsqueeze`d tensor).
+    pub fn shape_element(&self, name: &str, idx: usize) -> Option<Result<i64, &'g str>> {
+        if let Some(v) = self.ints(name) {
+            return v.get(idx).copied().map(Ok);
+        }
+        let p = self.producer(name)?;
+        if p.op_type != "Concat" || !p.domain.is_empty() {
+            return None;
+        }
+        let mut at = 0;
+        for piece in &p.input {
+            if let Some(v) = self.ints(piece) {
+                if idx < at + v.len() {
+                    return Some(Ok(v[idx - at]));
+                }
+                at += v.len();
+                continue;
+            }
+            // A scalar unsqueezed into a one-element vector.
+            let u = self.producer(piece)?;
+            if u.op_type != "Unsqueeze" {
+                return None;
+            }
+            if idx == at {
+                return Some(Err(&u.input[0]));
+            }
+            at += 1;
+        }
+        None
+    }
+
     /// One element, at most rank 4 (so it broadcasts into the scores without changing their
     /// shape): an initializer or `Constant`, elementwise arithmetic on such tensors, or one
     /// dimension picked out of a `Shape`.
-    fn is_single(&self, name: &str, depth: usize) -> bool {
+    pub fn is_single(&self, name: &str, depth: usize) -> bool {
         let one = |dims: &[i64]| dims.len() <= 4 && dims.iter().product::<i64>() == 1;
         if depth > 32 {
             return false;
@@ -215,10 +330,9 @@ impl Single<'_> {
         if let Some(t) = self.g.initializer.iter().find(|t| t.name == name) {
             return one(&t.dims);
         }
-        let Some(&pi) = self.producer.get(name) else {
+        let Some(p) = self.producer(name) else {
             return false;
         };
-        let p = &self.g.node[pi];
         if !p.domain.is_empty() {
             return false;
         }
@@ -247,8 +361,7 @@ impl Single<'_> {
         if let Some(t) = self.g.initializer.iter().find(|t| t.name == name) {
             return t.dims.is_empty();
         }
-        self.producer.get(name).is_some_and(|&pi| {
-            let p = &self.g.node[pi];
+        self.producer(name).is_some_and(|p| {
             p.op_type == "Constant"
                 && p.attribute.iter().any(|a| match a.name.as_str() {
                     "value" => a.t.as_ref().is_some_and(|t| t.dims.is_empty()),

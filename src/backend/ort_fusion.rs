@@ -22,12 +22,11 @@
 //! and for a masked chain a constant condition of rank 2 or 4 with a fill of `-inf`. Others stay
 //! as they are.
 
-use super::fusion::{find_attention_chains, splice, AttentionChain};
+use super::fusion::{find_attention_chains, splice, AttentionChain, GraphIndex};
 use crate::quant::onnx::{attr_i, attr_ints, f32_tensor, i64_tensor, node};
-use std::collections::HashMap;
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto,
-    NodeProto, OperatorSetIdProto, TensorProto,
+    NodeProto, OperatorSetIdProto,
 };
 
 /// Whether the rewrites are on (`QWM_ORT_FUSE` is not `off`).
@@ -70,144 +69,10 @@ pub fn fuse_model(m: &mut ModelProto) -> Fused {
     fused
 }
 
-/// Use counts and producers of a graph's tensors.
-struct Index<'g> {
-    g: &'g GraphProto,
-    uses: HashMap<&'g str, usize>,
-    producer: HashMap<&'g str, usize>,
-    consumers: HashMap<&'g str, Vec<usize>>,
-}
-
-impl<'g> Index<'g> {
-    fn new(g: &'g GraphProto) -> Index<'g> {
-        let mut uses: HashMap<&str, usize> = HashMap::new();
-        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, n) in g.node.iter().enumerate() {
-            for inp in &n.input {
-                *uses.entry(inp.as_str()).or_default() += 1;
-                consumers.entry(inp.as_str()).or_default().push(i);
-            }
-        }
-        for o in &g.output {
-            *uses.entry(o.name.as_str()).or_default() += 1;
-        }
-        let producer = g
-            .node
-            .iter()
-            .enumerate()
-            .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-            .collect();
-        Index {
-            g,
-            uses,
-            producer,
-            consumers,
-        }
-    }
-
-    /// The node reading `name`, if it is its only reader (and not a graph output).
-    fn sole_consumer(&self, name: &str) -> Option<usize> {
-        (self.uses.get(name) == Some(&1)).then(|| self.consumers.get(name).map(|c| c[0]))?
-    }
-
-    fn producer(&self, name: &str) -> Option<&'g NodeProto> {
-        self.producer.get(name).map(|&i| &self.g.node[i])
-    }
-
-    fn initializer(&self, name: &str) -> Option<&'g TensorProto> {
-        self.g.initializer.iter().find(|t| t.name == name)
-    }
-
-    /// A constant tensor: an initializer or a `Constant` node's `value`.
-    fn constant(&self, name: &str) -> Option<&'g TensorProto> {
-        self.initializer(name).or_else(|| {
-            let p = self.producer(name)?;
-            (p.op_type == "Constant" && p.domain.is_empty())
-                .then(|| p.attribute.iter().find(|a| a.name == "value")?.t.as_ref())?
-        })
-    }
-
-    /// The values of a small constant integer vector (inline data).
-    fn ints(&self, name: &str) -> Option<Vec<i64>> {
-        let t = self.constant(name)?;
-        match DataType::try_from(t.data_type).ok()? {
-            DataType::Int64 if !t.raw_data.is_empty() => Some(
-                t.raw_data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
-            ),
-            DataType::Int64 => Some(t.int64_data.clone()),
-            _ => None,
-        }
-    }
-
-    /// The value of a one-element float constant (inline data).
-    fn single_f32(&self, name: &str) -> Option<f32> {
-        if let Some(p) = self.producer(name) {
-            if let Some(a) = p.attribute.iter().find(|a| a.name == "value_float") {
-                return (p.op_type == "Constant").then_some(a.f);
-            }
-        }
-        let t = self.constant(name)?;
-        if t.data_type != DataType::Float as i32 || t.dims.iter().product::<i64>() != 1 {
-            return None;
-        }
-        t.float_data
-            .first()
-            .copied()
-            .or_else(|| Some(f32::from_le_bytes(t.raw_data.get(..4)?.try_into().ok()?)))
-    }
-
-    /// `name` with any chain of `Cast`s before it skipped.
-    fn through_casts(&self, mut name: &'g str) -> &'g str {
-        for _ in 0..16 {
-            match self.producer(name) {
-                Some(p) if p.op_type == "Cast" && p.domain.is_empty() => name = &p.input[0],
-                _ => break,
-            }
-        }
-        name
-    }
-
-    /// The tensor that element `idx` of the shape vector `name` is built from: the element itself
-    /// when the vector is constant (`Ok`), or the one-element piece a `Concat` takes it from
-    /// (`Err(piece)`, the `Unsqueeze`d tensor).
-    fn shape_element(&self, name: &str, idx: usize) -> Option<Result<i64, &'g str>> {
-        if let Some(v) = self.ints(name) {
-            return v.get(idx).copied().map(Ok);
-        }
-        let p = self.producer(name)?;
-        if p.op_type != "Concat" || !p.domain.is_empty() {
-            return None;
-        }
-        let mut at = 0;
-        for piece in &p.input {
-            if let Some(v) = self.ints(piece) {
-                if idx < at + v.len() {
-                    return Some(Ok(v[idx - at]));
-                }
-                at += v.len();
-                continue;
-            }
-            // A scalar unsqueezed into a one-element vector.
-            let u = self.producer(piece)?;
-            if u.op_type != "Unsqueeze" {
-                return None;
-            }
-            if idx == at {
-                return Some(Err(&u.input[0]));
-            }
-            at += 1;
-        }
-        None
-    }
-}
-
 /// `MatMulInteger -> Cast(float) -> Mul(per-column or single scale) [-> Add(bias [N])]` into
 /// `MatMulIntegerToFloat`. Returns how many were rewritten.
 fn fuse_int8_linears(g: &mut GraphProto) -> usize {
-    let ix = Index::new(g);
+    let ix = GraphIndex::new(g);
     let one = "qwm_ort_one";
     let mut edits = vec![];
     let mut drop = vec![];
@@ -307,7 +172,7 @@ struct MhaPlan {
     mask: Option<(String, usize, String)>,
 }
 
-fn plan_mha(ix: &Index, c: &AttentionChain) -> Option<MhaPlan> {
+fn plan_mha(ix: &GraphIndex, c: &AttentionChain) -> Option<MhaPlan> {
     let (q, scale) = (&c.inputs[0], &c.inputs[3]);
     let reshape = ix.producer(q).filter(|p| p.op_type == "Reshape")?;
     let heads = ix.shape_element(&reshape.input[1], 2)?.ok()?;
@@ -346,7 +211,7 @@ fn plan_mha(ix: &Index, c: &AttentionChain) -> Option<MhaPlan> {
 /// Attention chains into `MultiHeadAttention` where [`plan_mha`] maps them. Returns how many.
 fn fuse_attention(g: &mut GraphProto, opset: i64) -> usize {
     let chains = find_attention_chains(g, opset);
-    let ix = Index::new(g);
+    let ix = GraphIndex::new(g);
     let mut edits = vec![];
     let mut drop = vec![];
     let mut inits = vec![];
@@ -429,7 +294,7 @@ fn fuse_attention(g: &mut GraphProto, opset: i64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::onnx::f32_tensor;
+    use tract_onnx::pb::TensorProto;
 
     fn ops(g: &GraphProto) -> Vec<&str> {
         g.node.iter().map(|n| n.op_type.as_str()).collect()

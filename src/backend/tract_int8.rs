@@ -75,36 +75,10 @@ fn inline_scalar(t: &TensorProto) -> Option<f64> {
 /// into one [`OP_TYPE`] node with inputs `(x, a_scale, a_zero, w, scale)`. Returns how many
 /// chains were fused; `MatMulInteger` nodes that do not fit the pattern stay as they are.
 pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
-    use std::collections::HashMap;
-    let inits: HashMap<&str, &TensorProto> =
-        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    for n in &g.node {
-        for i in &n.input {
-            *uses.entry(i.as_str()).or_default() += 1;
-        }
-    }
-    for o in &g.output {
-        *uses.entry(o.name.as_str()).or_default() += 1;
-    }
-    let producer: HashMap<&str, usize> = g
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-        .collect();
-    let consumer = |name: &str| -> Option<usize> {
-        (uses.get(name) == Some(&1))
-            .then(|| {
-                g.node
-                    .iter()
-                    .position(|n| n.input.iter().any(|i| i == name))
-            })
-            .flatten()
-    };
+    let ix = super::fusion::GraphIndex::new(g);
+    let consumer = |name: &str| ix.sole_consumer(name);
     let is_scalar = |name: &str, dt: DataType| {
-        inits
-            .get(name)
+        ix.initializer(name)
             .is_some_and(|t| t.data_type == dt as i32 && inline_scalar(t).is_some())
     };
     // (quantize, matmul, cast, mul) node indices of each chain.
@@ -113,7 +87,7 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
         if mm.op_type != "MatMulInteger" || !mm.domain.is_empty() || mm.input.len() != 4 {
             continue;
         }
-        let Some(&qi) = producer.get(mm.input[0].as_str()) else {
+        let Some(qi) = ix.producer_index(&mm.input[0]) else {
             continue;
         };
         let q = &g.node[qi];
@@ -123,15 +97,12 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
             && is_scalar(&q.input[1], DataType::Float)
             && is_scalar(&q.input[2], DataType::Uint8)
             && mm.input[2] == q.input[2]
-            && uses.get(q.output[0].as_str()) == Some(&1);
-        let w_ok = inits
-            .get(mm.input[1].as_str())
+            && ix.uses(&q.output[0]) == 1;
+        let w_ok = ix
+            .initializer(&mm.input[1])
             .is_some_and(|t| t.data_type == DataType::Int8 as i32 && t.dims.len() == 2)
             && is_scalar(&mm.input[3], DataType::Int8)
-            && inits
-                .get(mm.input[3].as_str())
-                .and_then(|t| inline_scalar(t))
-                == Some(0.0);
+            && ix.initializer(&mm.input[3]).and_then(inline_scalar) == Some(0.0);
         if !q_ok || !w_ok {
             continue;
         }
@@ -148,13 +119,12 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
             continue;
         };
         let mul = &g.node[ui];
-        let n = inits[mm.input[1].as_str()].dims[1];
+        let n = ix.initializer(&mm.input[1]).expect("checked above").dims[1];
         let scale_input = mul.input.iter().find(|i| **i != cast.output[0]);
         let mul_ok = mul.op_type == "Mul"
             && mul.input.len() == 2
             && scale_input.is_some_and(|s| {
-                inits
-                    .get(s.as_str())
+                ix.initializer(s)
                     .is_some_and(|t| t.data_type == DataType::Float as i32 && t.dims == [n])
             });
         if mul_ok {
@@ -162,7 +132,8 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
         }
     }
     let fused = chains.len();
-    let mut drop = vec![false; g.node.len()];
+    let mut edits = vec![];
+    let mut drop = vec![];
     for &(qi, mi, ci, ui) in &chains {
         let (q, mm, mul) = (&g.node[qi], &g.node[mi], &g.node[ui]);
         let scale = mul
@@ -187,16 +158,10 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
             doc_string: String::new(),
         };
         // The fused node takes the Mul's place: everything it feeds comes after it.
-        g.node[ui] = node;
-        drop[qi] = true;
-        drop[mi] = true;
-        drop[ci] = true;
+        edits.push((ui, vec![node]));
+        drop.extend([qi, mi, ci]);
     }
-    let mut i = 0;
-    g.node.retain(|_| {
-        i += 1;
-        !drop[i - 1]
-    });
+    super::fusion::splice(g, edits, &drop);
     fused
 }
 
