@@ -22,7 +22,7 @@ T
 python3 scripts/results_table.py results
 cat <<'T'
 
-What the table says (all runs complete, 50 episodes each):
+What the Wall rows of 50 quantized simulate-form episodes say (the deploy-form and PushT rows are discussed in the top-level README and `models/pusht/README.md`):
 - Float plans perfectly on both backends (the same 50 episodes).
 - W8A8 (static per-tensor activations) keeps the success: 50/50, final distance 2.30 px.
 - Group-wise W4 (group 32) keeps most of it: 36/50. Per-channel W4 halves it: 24/50. W3 breaks
