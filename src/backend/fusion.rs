@@ -3,7 +3,7 @@
 //! attention chain `Einsum(q, k) -> Mul(scale) -> [Where(mask)] -> Softmax -> Einsum(., v)`.
 
 use std::collections::HashMap;
-use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// One attention chain of a graph: scores `q [b n h d], k [b m h d] -> [b h n m]`, scaled by
 /// one number, optionally masked by `Where`, softmaxed along the keys and multiplied with
@@ -157,6 +157,41 @@ pub fn find_attention_chains(g: &GraphProto, opset: i64) -> Vec<AttentionChain> 
     chains
 }
 
+/// The value of a one-element tensor with inline data (float, uint8 or int8), if it is one.
+pub fn scalar_value(t: &TensorProto) -> Option<f64> {
+    if t.dims.iter().product::<i64>() != 1 {
+        return None;
+    }
+    let dt = DataType::try_from(t.data_type).ok()?;
+    match dt {
+        DataType::Float => t
+            .float_data
+            .first()
+            .copied()
+            .or_else(|| Some(f32::from_le_bytes(t.raw_data.get(..4)?.try_into().ok()?)))
+            .map(f64::from),
+        DataType::Uint8 => t
+            .int32_data
+            .first()
+            .map(|v| *v as f64)
+            .or_else(|| t.raw_data.first().map(|v| *v as f64)),
+        DataType::Int8 => t
+            .int32_data
+            .first()
+            .map(|v| *v as f64)
+            .or_else(|| t.raw_data.first().map(|v| *v as i8 as f64)),
+        _ => None,
+    }
+}
+
+/// The model's default-domain opset (1 if it declares none).
+pub fn default_opset(m: &ModelProto) -> i64 {
+    m.opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(1, |o| o.version)
+}
+
 /// Replace nodes of `g`: each `(at, nodes)` puts `nodes` in node `at`'s place (so they may read
 /// anything produced before it and feed anything after it); the nodes in `drop` go.
 pub fn splice(g: &mut GraphProto, edits: Vec<(usize, Vec<NodeProto>)>, drop: &[usize]) {
@@ -266,13 +301,10 @@ impl<'g> GraphIndex<'g> {
             }
         }
         let t = self.constant(name)?;
-        if t.data_type != DataType::Float as i32 || t.dims.iter().product::<i64>() != 1 {
+        if t.data_type != DataType::Float as i32 {
             return None;
         }
-        t.float_data
-            .first()
-            .copied()
-            .or_else(|| Some(f32::from_le_bytes(t.raw_data.get(..4)?.try_into().ok()?)))
+        scalar_value(t).map(|v| v as f32)
     }
 
     /// `name` with any chain of `Cast`s before it skipped.

@@ -48,11 +48,7 @@ pub fn fuse_model(m: &mut ModelProto) -> Fused {
     if !enabled() {
         return Fused::default();
     }
-    let opset = m
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map_or(1, |o| o.version);
+    let opset = super::fusion::default_opset(m);
     let Some(g) = m.graph.as_mut() else {
         return Fused::default();
     };

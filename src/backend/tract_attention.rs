@@ -39,11 +39,7 @@ pub fn enabled() -> bool {
 
 /// [`fuse_attention`] on a model's graph when fusion is [`enabled`]; how many chains it fused.
 pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
-    let opset = m
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map_or(1, |o| o.version);
+    let opset = super::fusion::default_opset(m);
     match m.graph.as_mut() {
         Some(g) if enabled() => fuse_attention(g, opset),
         _ => 0,

@@ -18,9 +18,10 @@
 //! conversion to f32 and one product with the chain's per-column scale.
 //! `QWM_TRACT_INT8=tract` turns the fusion off (tract's own lowering), for comparisons.
 
+use super::fusion::scalar_value;
 use super::int8_gemm::{self, ActQuant, PackedWeights};
 use tract_onnx::model::ParsingContext;
-use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
 /// Operator type of a fused chain in the rewritten protobuf.
@@ -44,33 +45,6 @@ pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
     }
 }
 
-/// The scalar value of a small inline initializer, if it is one.
-fn inline_scalar(t: &TensorProto) -> Option<f64> {
-    if t.dims.iter().product::<i64>() != 1 {
-        return None;
-    }
-    let dt = DataType::try_from(t.data_type).ok()?;
-    match dt {
-        DataType::Float => t
-            .float_data
-            .first()
-            .copied()
-            .or_else(|| Some(f32::from_le_bytes(t.raw_data.get(..4)?.try_into().ok()?)))
-            .map(f64::from),
-        DataType::Uint8 => t
-            .int32_data
-            .first()
-            .map(|v| *v as f64)
-            .or_else(|| t.raw_data.first().map(|v| *v as f64)),
-        DataType::Int8 => t
-            .int32_data
-            .first()
-            .map(|v| *v as f64)
-            .or_else(|| t.raw_data.first().map(|v| *v as i8 as f64)),
-        _ => None,
-    }
-}
-
 /// Rewrite every fusable `QuantizeLinear -> MatMulInteger -> Cast(float) -> Mul` chain of `g`
 /// into one [`OP_TYPE`] node with inputs `(x, a_scale, a_zero, w, scale)`. Returns how many
 /// chains were fused; `MatMulInteger` nodes that do not fit the pattern stay as they are.
@@ -79,7 +53,7 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
     let consumer = |name: &str| ix.sole_consumer(name);
     let is_scalar = |name: &str, dt: DataType| {
         ix.initializer(name)
-            .is_some_and(|t| t.data_type == dt as i32 && inline_scalar(t).is_some())
+            .is_some_and(|t| t.data_type == dt as i32 && scalar_value(t).is_some())
     };
     // (quantize, matmul, cast, mul) node indices of each chain.
     let mut chains = vec![];
@@ -102,7 +76,7 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
             .initializer(&mm.input[1])
             .is_some_and(|t| t.data_type == DataType::Int8 as i32 && t.dims.len() == 2)
             && is_scalar(&mm.input[3], DataType::Int8)
-            && ix.initializer(&mm.input[3]).and_then(inline_scalar) == Some(0.0);
+            && ix.initializer(&mm.input[3]).and_then(scalar_value) == Some(0.0);
         if !q_ok || !w_ok {
             continue;
         }
