@@ -15,7 +15,7 @@
 
 use crate::bundle::{sha256_file, GraphSpec, Graphs, Manifest, ObjectiveSpec, TensorSpec};
 use crate::error::{QwmError, Result};
-use crate::quant::onnx::{attr_i, attr_ints, f32_tensor, node};
+use crate::quant::onnx::{attr_i, attr_ints, f32_tensor, node, value_info};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use std::path::Path;
@@ -127,33 +127,6 @@ fn i64_tensor(name: &str, data: &[i64]) -> TensorProto {
         dims: vec![data.len() as i64],
         data_type: DataType::Int64 as i32,
         raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
-fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            value: Some(if d < 0 {
-                                Value::DimParam("batch".into())
-                            } else {
-                                Value::DimValue(d)
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }
@@ -371,7 +344,7 @@ impl Builder {
         for (src, dst, dims) in outputs {
             self.nodes
                 .push(node("Identity", dst, &[src], &[dst], vec![]));
-            out_infos.push(value_info(dst, dims));
+            out_infos.push(value_info(dst, DataType::Float, dims));
         }
         ModelProto {
             ir_version: 8,
@@ -443,8 +416,8 @@ pub fn encoder(a: &Arch, proprio_dim: usize, seed: u64) -> ModelProto {
     g.finish(
         "encoder",
         vec![
-            value_info("pixels", &[-1, 3, s, s]),
-            value_info("proprio", &[-1, proprio_dim as i64]),
+            value_info("pixels", DataType::Float, &[-1, 3, s, s]),
+            value_info("proprio", DataType::Float, &[-1, proprio_dim as i64]),
         ],
         &[
             (&visual, "visual", vec![-1, n as i64, d as i64]),
@@ -530,9 +503,13 @@ pub fn predictor(a: &Arch, action_in: usize, seed: u64) -> ModelProto {
     g.finish(
         "predictor",
         vec![
-            value_info("visual", &[-1, h as i64, n as i64, d as i64]),
-            value_info("proprio_emb", &[-1, h as i64, e as i64]),
-            value_info("action", &[-1, h as i64, action_in as i64]),
+            value_info(
+                "visual",
+                DataType::Float,
+                &[-1, h as i64, n as i64, d as i64],
+            ),
+            value_info("proprio_emb", DataType::Float, &[-1, h as i64, e as i64]),
+            value_info("action", DataType::Float, &[-1, h as i64, action_in as i64]),
         ],
         &[
             (&visual, "next_visual", vec![-1, n as i64, d as i64]),

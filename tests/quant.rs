@@ -218,29 +218,8 @@ fn check_reference(src: &std::path::Path, groups: &[Option<usize>]) {
 
 /// A graph with one Linear layer: y = x @ W, x [B, T, K].
 fn one_linear(k: usize, n: usize, w: &[f32]) -> pb::ModelProto {
-    let vi = |name: &str, dims: &[i64]| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| pb::tensor_shape_proto::Dimension {
-                            value: Some(if *d < 0 {
-                                pb::tensor_shape_proto::dimension::Value::DimParam("batch".into())
-                            } else {
-                                pb::tensor_shape_proto::dimension::Value::DimValue(*d)
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let vi =
+        |name: &str, dims: &[i64]| qonnx::value_info(name, pb::tensor_proto::DataType::Float, dims);
     pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto {

@@ -379,29 +379,12 @@ fn tiled_batches_match_one_call() {
 /// shape q is reshaped to (how PyTorch exports `dim_head ** -0.5`).
 fn attention_graph(n: usize, h: usize, d: usize, masked: bool) -> tract_onnx::pb::ModelProto {
     use tract_onnx::pb;
-    let vi = |name: &str, last: i64| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: [None, Some(n as i64), Some(last)]
-                        .iter()
-                        .map(|d| pb::tensor_shape_proto::Dimension {
-                            value: Some(match d {
-                                None => pb::tensor_shape_proto::dimension::Value::DimParam(
-                                    "batch".into(),
-                                ),
-                                Some(v) => pb::tensor_shape_proto::dimension::Value::DimValue(*v),
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
+    let vi = |name: &str, last: i64| {
+        qwm::quant::onnx::value_info(
+            name,
+            pb::tensor_proto::DataType::Float,
+            &[-1, n as i64, last],
+        )
     };
     let konst = |out: &str, t: pb::TensorProto| pb::NodeProto {
         op_type: "Constant".into(),

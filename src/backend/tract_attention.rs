@@ -353,26 +353,7 @@ mod tests {
     }
 
     fn vi(name: &str, dims: &[i64], dt: DataType) -> ValueInfoProto {
-        use tract_onnx::pb::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto};
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: dt as i32,
-                    shape: Some(TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|&d| tensor_shape_proto::Dimension {
-                                value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        crate::quant::onnx::value_info(name, dt, dims)
     }
 
     /// `q, k, v [b, n, h, d]` (and `cond [n, n]` when masked) through the exporters' attention

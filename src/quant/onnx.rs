@@ -157,6 +157,35 @@ pub(crate) fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> TensorProto 
     }
 }
 
+/// A graph input or output of element type `elem` and shape `dims`; a negative dimension is the
+/// symbolic batch (`batch`).
+pub fn value_info(name: &str, elem: DataType, dims: &[i64]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: elem as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(if d < 0 {
+                                Value::DimParam("batch".into())
+                            } else {
+                                Value::DimValue(d)
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn attr_i(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
