@@ -374,8 +374,8 @@ fn tiled_batches_match_one_call() {
 }
 
 /// `x [B, n, h*d]` through an exported-style attention block to `y [B, n, h*d]`: q = x,
-/// k = 0.7 x, v = x + 0.3, reshaped to `[B, n, h, d]`. Masked: a causal constant condition
-/// filled with -inf and a constant scale. Unmasked: the scale computed as `d^-0.5` from the
+/// k = 0.7 x, v = x + 0.3, reshaped to `[B, n, h, d]`. Masked: a causal condition computed from
+/// a constant (`Not(Slice(keep))`), filled with -inf, and a constant scale. Unmasked: the scale computed as `d^-0.5` from the
 /// shape q is reshaped to (how PyTorch exports `dim_head ** -0.5`).
 fn attention_graph(n: usize, h: usize, d: usize, masked: bool) -> tract_onnx::pb::ModelProto {
     use tract_onnx::pb;
@@ -474,8 +474,16 @@ fn attention_graph(n: usize, h: usize, d: usize, masked: bool) -> tract_onnx::pb
     ]);
     let mut sm_in = "ss";
     if masked {
-        let cond: Vec<u8> = (0..n * n).map(|i| u8::from(i % n > i / n)).collect();
-        nodes.push(konst("cond", tensor(Dt::Bool, &[n as i64, n as i64], cond)));
+        // As the exporters build a frame-causal mask: Not(Slice(constant of what to keep)).
+        let keep: Vec<u8> = (0..n * n).map(|i| u8::from(i % n <= i / n)).collect();
+        nodes.push(konst("keep", tensor(Dt::Bool, &[n as i64, n as i64], keep)));
+        nodes.push(konst("zeros", tensor(Dt::Int64, &[2], i64s(&[0, 0]))));
+        nodes.push(konst(
+            "ends",
+            tensor(Dt::Int64, &[2], i64s(&[n as i64, n as i64])),
+        ));
+        nodes.push(nd("Slice", &["keep", "zeros", "ends"], "kept", vec![]));
+        nodes.push(nd("Not", &["kept"], "cond", vec![]));
         nodes.push(konst(
             "fill",
             tensor(Dt::Float, &[], f32s(&[f32::NEG_INFINITY])),

@@ -28,7 +28,7 @@ impl AttentionChain {
 }
 
 /// The four single-letter axis labels of each term of an `Einsum` equation `a,b->c`.
-pub fn einsum_terms(node: &NodeProto) -> Option<[[u8; 4]; 3]> {
+fn einsum_terms(node: &NodeProto) -> Option<[[u8; 4]; 3]> {
     let eq = node.attribute.iter().find(|a| a.name == "equation")?;
     let eq: Vec<u8> =
         eq.s.iter()
@@ -305,6 +305,34 @@ impl<'g> GraphIndex<'g> {
             return None;
         }
         scalar_value(t).map(|v| v as f32)
+    }
+
+    /// The rank of `name` where the graph alone fixes it: constants, and element-wise operators
+    /// and `Slice`s of tensors of known rank (broadcasting ones take the largest).
+    pub fn rank(&self, name: &str) -> Option<usize> {
+        self.rank_at(name, 0)
+    }
+
+    fn rank_at(&self, name: &str, depth: usize) -> Option<usize> {
+        if depth > 32 {
+            return None;
+        }
+        if let Some(t) = self.constant(name) {
+            return Some(t.dims.len());
+        }
+        let p = self.producer(name).filter(|p| p.domain.is_empty())?;
+        match p.op_type.as_str() {
+            "Cast" | "Not" | "Neg" | "Abs" | "Identity" | "Sqrt" | "Exp" | "Slice" => {
+                self.rank_at(p.input.first()?, depth + 1)
+            }
+            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Equal" | "Less" | "Greater" | "And" | "Or"
+            | "Xor" | "Where" => p
+                .input
+                .iter()
+                .map(|i| self.rank_at(i, depth + 1))
+                .try_fold(0, |r, x| Some(r.max(x?))),
+            _ => None,
+        }
     }
 
     /// `name` with any chain of `Cast`s before it skipped.

@@ -19,8 +19,9 @@
 //! An attention chain is rewritten only when everything `MultiHeadAttention` needs is known from
 //! the graph alone: the number of heads (a constant in the shape q is reshaped to), the scale (a
 //! constant, or `head_dim^-0.5` computed from that same shape, which is the kernel's default),
-//! and for a masked chain a constant condition of rank 2 or 4 with a fill of `-inf`. Others stay
-//! as they are.
+//! and for a masked chain a fill of `-inf` and a condition whose rank (2 or 4) the graph fixes
+//! (a constant, or element-wise operators and slices of one, as the exporters' frame-causal masks
+//! are). Others stay as they are.
 
 use super::fusion::{find_attention_chains, splice, AttentionChain, GraphIndex};
 use crate::quant::onnx::{attr_i, attr_ints, f32_tensor, i64_tensor, node};
@@ -193,7 +194,7 @@ fn plan_mha(ix: &GraphIndex, c: &AttentionChain) -> Option<MhaPlan> {
     let mask = if c.inputs.len() == 6 {
         let (cond, fill) = (&c.inputs[4], &c.inputs[5]);
         let fill_ok = ix.single_f32(fill) == Some(f32::NEG_INFINITY);
-        let rank = ix.constant(cond).map(|t| t.dims.len())?;
+        let rank = ix.rank(cond)?;
         if !fill_ok || !(rank == 2 || rank == 4) {
             return None;
         }
