@@ -13,8 +13,10 @@
 //! Why: on the full-size predictor at batch 16, ONNX Runtime spent about 400 ms of a 940 ms int8
 //! call in `Einsum`, `Where` and `Softmax`, and 95 ms in the `Cast` and `Mul` after its integer
 //! products (its own optimizer fuses neither pattern). Rewritten, the call took 753 ms against
-//! 984 ms, with bit-identical outputs (same MLAS products and softmax). Both rewrites apply to
-//! float and quantized graphs alike. `QWM_ORT_FUSE=off` turns them off, for comparisons.
+//! 984 ms. Against the unrewritten graphs, the predictors' outputs (full-size and shipped) are
+//! bit-identical (same MLAS products and softmax) and the encoders' (no mask) within 5.1e-7 of
+//! max |output|. Both rewrites apply to float and quantized graphs alike. `QWM_ORT_FUSE=off`
+//! turns them off, for comparisons.
 //!
 //! An attention chain is rewritten only when everything `MultiHeadAttention` needs is known from
 //! the graph alone: the number of heads (a constant in the shape q is reshaped to), the scale (a
