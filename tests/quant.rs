@@ -220,28 +220,20 @@ fn check_reference(src: &std::path::Path, groups: &[Option<usize>]) {
 fn one_linear(k: usize, n: usize, w: &[f32]) -> pb::ModelProto {
     let vi =
         |name: &str, dims: &[i64]| qonnx::value_info(name, pb::tensor_proto::DataType::Float, dims);
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "one_linear".into(),
-            node: vec![pb::NodeProto {
-                op_type: "MatMul".into(),
-                name: "fc/MatMul".into(),
-                input: vec!["x".into(), "W".into()],
-                output: vec!["y".into()],
-                ..Default::default()
-            }],
-            initializer: vec![qonnx::f32_tensor("W", &[k as i64, n as i64], w)],
-            input: vec![vi("x", &[-1, 3, k as i64])],
-            output: vec![vi("y", &[-1, 3, n as i64])],
+    opset17_model(pb::GraphProto {
+        name: "one_linear".into(),
+        node: vec![pb::NodeProto {
+            op_type: "MatMul".into(),
+            name: "fc/MatMul".into(),
+            input: vec!["x".into(), "W".into()],
+            output: vec!["y".into()],
             ..Default::default()
-        }),
+        }],
+        initializer: vec![qonnx::f32_tensor("W", &[k as i64, n as i64], w)],
+        input: vec![vi("x", &[-1, 3, k as i64])],
+        output: vec![vi("y", &[-1, 3, n as i64])],
         ..Default::default()
-    }
+    })
 }
 
 fn run_graph(m: &pb::ModelProto, x: &[f32], b: usize, k: usize, n: usize) -> Vec<f32> {

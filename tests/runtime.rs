@@ -501,20 +501,12 @@ fn attention_graph(n: usize, h: usize, d: usize, masked: bool) -> tract_onnx::pb
         ),
         nd("Reshape", &["o", "flat"], "y", vec![]),
     ]);
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(pb::GraphProto {
-            node: nodes,
-            input: vec![vi("x", (h * d) as i64)],
-            output: vec![vi("y", (h * d) as i64)],
-            ..Default::default()
-        }),
+    opset17_model(pb::GraphProto {
+        node: nodes,
+        input: vec![vi("x", (h * d) as i64)],
+        output: vec![vi("y", (h * d) as i64)],
         ..Default::default()
-    }
+    })
 }
 
 /// The float64 reference of [`attention_graph`].

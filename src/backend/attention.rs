@@ -63,6 +63,26 @@ pub struct Mask<'a> {
     pub fill_when: bool,
 }
 
+impl Mask<'_> {
+    /// Where the conditions of query row `i` of batch item `b`, head `h` start in `cond`, and
+    /// their step along the keys.
+    fn row(&self, b: usize, h: usize, i: usize) -> (usize, usize) {
+        let [sb, sh, sn, sm] = self.strides;
+        (b * sb + h * sh + i * sn, sm)
+    }
+
+    /// Write the fill into the scores of one row where its conditions (from `start`, every
+    /// `step`) say so.
+    #[inline(always)]
+    fn fill_row(&self, row: &mut [f32], start: usize, step: usize) {
+        for (j, x) in row.iter_mut().enumerate() {
+            if self.cond[start + j * step] == self.fill_when {
+                *x = self.fill;
+            }
+        }
+    }
+}
+
 /// `out = softmax(mask(scale * Q K^T)) V` for every batch item and head (layouts in [`Dims`]),
 /// on the best [`Kernel`] this CPU has.
 ///
@@ -376,16 +396,11 @@ mod avx512 {
             // Conditions contiguous along the keys are applied 16 at a time below; others here.
             let mut cond = None;
             if let Some((mk, b, h)) = mask {
-                let [sb, sh, sn, sm] = mk.strides;
-                let base = b * sb + h * sh + i * sn;
-                if sm == 1 {
-                    cond = Some((mk.cond[base..base + m].as_ptr(), mk.fill_when, mk.fill));
+                let (start, step) = mk.row(b, h, i);
+                if step == 1 {
+                    cond = Some((mk.cond[start..start + m].as_ptr(), mk.fill_when, mk.fill));
                 } else {
-                    for (j, x) in row.iter_mut().enumerate() {
-                        if mk.cond[base + j * sm] == mk.fill_when {
-                            *x = mk.fill;
-                        }
-                    }
+                    mk.fill_row(row, start, step);
                 }
             }
             let p = row.as_mut_ptr();
@@ -499,13 +514,8 @@ fn mask_softmax(s: &mut [f32], stride: usize, m: usize, mask: Option<(&Mask, usi
     for (i, row) in s.chunks_exact_mut(stride).enumerate() {
         let row = &mut row[..m];
         if let Some((mk, b, h)) = mask {
-            let [sb, sh, sn, sm] = mk.strides;
-            let base = b * sb + h * sh + i * sn;
-            for (j, x) in row.iter_mut().enumerate() {
-                if mk.cond[base + j * sm] == mk.fill_when {
-                    *x = mk.fill;
-                }
-            }
+            let (start, step) = mk.row(b, h, i);
+            mk.fill_row(row, start, step);
         }
         softmax(row);
     }

@@ -293,20 +293,10 @@ fn fuse_attention(g: &mut GraphProto, opset: i64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::pb::TensorProto;
+    use crate::quant::onnx::i8_tensor;
 
     fn ops(g: &GraphProto) -> Vec<&str> {
         g.node.iter().map(|n| n.op_type.as_str()).collect()
-    }
-
-    fn i8_init(name: &str, dims: &[i64]) -> TensorProto {
-        TensorProto {
-            name: name.into(),
-            dims: dims.to_vec(),
-            data_type: DataType::Int8 as i32,
-            raw_data: vec![1; dims.iter().product::<i64>() as usize],
-            ..Default::default()
-        }
     }
 
     /// `x -> QuantizeLinear -> MatMulInteger -> Cast -> Mul(scale [4]) -> Add(bias [4]) -> y`.
@@ -326,7 +316,7 @@ mod tests {
                 node("Add", "a", &["bias", "h"], &["y"], vec![]),
             ],
             initializer: vec![
-                i8_init("w", &[3, 4]),
+                i8_tensor("w", &[3, 4], &[1; 12]),
                 f32_tensor("scale", &[4], &[0.1; 4]),
                 f32_tensor("bias", &[4], &[0.5; 4]),
             ],

@@ -40,7 +40,7 @@ pub struct TractSession {
     per_size: bool,
     /// Bytes of the largest intermediate tensor per batch row (0 until a plan is built).
     row_bytes: std::sync::atomic::AtomicUsize,
-    /// [`LoadOptions::tile_rows`].
+    /// [`LoadOptions::tile_rows`], else `QWM_TRACT_TILE`.
     tile_rows: Option<usize>,
 }
 
@@ -49,14 +49,10 @@ pub struct TractSession {
 /// tiles of 16): tiles of 4 to 16 candidates run at the same speed, 32 and more lose a third.
 pub const TILE_BYTES: usize = 24 << 20;
 
-/// Batch rows per tile: `fixed` (the load option, else `QWM_TRACT_TILE`), or as many rows as
-/// fit [`TILE_BYTES`] for a graph whose largest intermediate takes `row_bytes` per row.
+/// Batch rows per tile: `fixed` (the load option, else `QWM_TRACT_TILE`, read at load), or as
+/// many rows as fit [`TILE_BYTES`] for a graph whose largest intermediate takes `row_bytes` per
+/// row.
 fn tile_rows(fixed: Option<usize>, row_bytes: usize) -> usize {
-    let fixed = fixed.or_else(|| {
-        std::env::var("QWM_TRACT_TILE")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-    });
     if let Some(t) = fixed {
         return t.max(1);
     }
@@ -272,7 +268,11 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
         symbolic_failed: std::sync::atomic::AtomicBool::new(false),
         per_size: integer_ops,
         row_bytes: std::sync::atomic::AtomicUsize::new(0),
-        tile_rows: opts.tile_rows,
+        tile_rows: opts.tile_rows.or_else(|| {
+            std::env::var("QWM_TRACT_TILE")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+        }),
     };
     // Build the batch-1 plan now: the graph must type-check with the manifest's shapes.
     session.plan(1)?;

@@ -313,16 +313,11 @@ impl TypedOp for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::pb::{tensor_proto::DataType, ModelProto, TensorProto, ValueInfoProto};
+    use crate::quant::onnx::f32_tensor;
+    use tract_onnx::pb::{tensor_proto::DataType, ModelProto, ValueInfoProto};
 
     fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        NodeProto {
-            op_type: op.into(),
-            name: format!("n_{output}"),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            ..Default::default()
-        }
+        crate::quant::onnx::node(op, &format!("n_{output}"), inputs, &[output], vec![])
     }
 
     fn with_attr(mut n: NodeProto, a: AttributeProto) -> NodeProto {
@@ -340,16 +335,6 @@ mod tests {
                 ..Default::default()
             },
         )
-    }
-
-    fn f32_init(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
-        TensorProto {
-            name: name.into(),
-            dims: dims.to_vec(),
-            data_type: DataType::Float as i32,
-            float_data: v.to_vec(),
-            ..Default::default()
-        }
     }
 
     fn vi(name: &str, dims: &[i64], dt: DataType) -> ValueInfoProto {
@@ -394,8 +379,8 @@ mod tests {
             graph: Some(GraphProto {
                 node: nodes,
                 initializer: vec![
-                    f32_init("scale", &[], &[1.0 / (d as f32).sqrt()]),
-                    f32_init("fill", &[], &[f32::NEG_INFINITY]),
+                    f32_tensor("scale", &[], &[1.0 / (d as f32).sqrt()]),
+                    f32_tensor("fill", &[], &[f32::NEG_INFINITY]),
                 ],
                 input: inputs,
                 output: vec![vi("y", &[b, n, h, d], DataType::Float)],
@@ -444,7 +429,7 @@ mod tests {
                 g.node[4].attribute[0].s = b"bhnm,bhmd->bnhd".to_vec();
             }),
             ("a scale per head", |g| {
-                g.initializer[0] = f32_init("scale", &[1, 3, 1, 1], &[0.5; 3]);
+                g.initializer[0] = f32_tensor("scale", &[1, 3, 1, 1], &[0.5; 3]);
             }),
             ("a fill value from a graph input", |g| {
                 g.initializer.remove(1);

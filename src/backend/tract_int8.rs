@@ -20,6 +20,7 @@
 
 use super::fusion::scalar_value;
 use super::int8_gemm::{self, ActQuant, PackedWeights};
+use super::tract_nbits::konst;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
@@ -154,14 +155,6 @@ fn parse(
 #[derive(Debug, Clone)]
 struct Int8LinearExpansion;
 
-fn konst(model: &TypedModel, outlet: OutletId, what: &str) -> TractResult<Arc<Tensor>> {
-    model
-        .outlet_fact(outlet)?
-        .konst
-        .clone()
-        .with_context(|| format!("{OP_TYPE}: {what} must be a constant"))
-}
-
 impl Expansion for Int8LinearExpansion {
     fn name(&self) -> StaticName {
         OP_TYPE.into()
@@ -196,10 +189,10 @@ impl Expansion for Int8LinearExpansion {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let a_scale = konst(model, inputs[1], "the activation scale")?;
-        let a_zero = konst(model, inputs[2], "the activation zero point")?;
-        let w = konst(model, inputs[3], "the int8 weight")?;
-        let scale = konst(model, inputs[4], "the output scale")?;
+        let a_scale = konst(model, inputs[1], OP_TYPE, "the activation scale")?;
+        let a_zero = konst(model, inputs[2], OP_TYPE, "the activation zero point")?;
+        let w = konst(model, inputs[3], OP_TYPE, "the int8 weight")?;
+        let scale = konst(model, inputs[4], OP_TYPE, "the output scale")?;
         let a_scale: f32 = a_scale.cast_to_scalar()?;
         let a_zero: u8 = *a_zero
             .try_as_plain_ram()?

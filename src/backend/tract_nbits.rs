@@ -92,12 +92,18 @@ struct NBitsExpansion {
     bias_input: Option<usize>,
 }
 
-fn konst(model: &TypedModel, outlet: OutletId, what: &str) -> TractResult<Arc<Tensor>> {
+/// The constant value of an input of operator `op` (its `what`), or an error saying it must be one.
+pub(super) fn konst(
+    model: &TypedModel,
+    outlet: OutletId,
+    op: &str,
+    what: &str,
+) -> TractResult<Arc<Tensor>> {
     model
         .outlet_fact(outlet)?
         .konst
         .clone()
-        .with_context(|| format!("MatMulNBits: {what} must be a constant"))
+        .with_context(|| format!("{op}: {what} must be a constant"))
 }
 
 impl Expansion for NBitsExpansion {
@@ -135,7 +141,7 @@ impl Expansion for NBitsExpansion {
         let n_blocks = k.div_ceil(bs);
         let per_byte = 8 / bits;
         let blob = bs / per_byte;
-        let b = konst(model, inputs[1], "the quantized weight B")?;
+        let b = konst(model, inputs[1], "MatMulNBits", "the quantized weight B")?;
         let b_ram = b.try_as_plain_ram()?;
         let codes: &[u8] = b_ram.as_slice()?;
         ensure!(
@@ -143,7 +149,7 @@ impl Expansion for NBitsExpansion {
             "{prefix}: B has {} bytes, expected N {n} x blocks {n_blocks} x {blob}",
             codes.len()
         );
-        let scales = konst(model, inputs[2], "scales")?;
+        let scales = konst(model, inputs[2], "MatMulNBits", "scales")?;
         let scales = scales.cast_to::<f32>()?;
         let scales_ram = scales.try_as_plain_ram()?;
         let scales: &[f32] = scales_ram.as_slice()?;
@@ -154,7 +160,7 @@ impl Expansion for NBitsExpansion {
         );
         let zeros = match self.zp_input {
             Some(i) => {
-                let zp = konst(model, inputs[i], "zero_points")?;
+                let zp = konst(model, inputs[i], "MatMulNBits", "zero_points")?;
                 let zp_ram = zp.try_as_plain_ram()?;
                 let zp: &[u8] = zp_ram
                     .as_slice()

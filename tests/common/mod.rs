@@ -141,3 +141,16 @@ pub fn run_qwm(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A model of one graph, default-domain opset 17 (what the exporters write).
+pub fn opset17_model(graph: tract_onnx::pb::GraphProto) -> tract_onnx::pb::ModelProto {
+    tract_onnx::pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![tract_onnx::pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
