@@ -1,13 +1,13 @@
 //! A bundle exported from a DINO-WM checkpoint (models/export_dinowm.py, committed in miniature as
 //! tests/data/dinowm_tiny: DINOv2 and DINO-WM module structure, 3-frame history, per-token
 //! proprio) runs in qwm exactly as DINO-WM's PyTorch code computes it: encoder, predictor and a
-//! 5-step rollout, checked with `qwm verify` (tolerances in `qwm::verify`).
+//! 5-step rollout, checked with `qwm verify` (tolerances in `qwm::runtime::verify`).
 
 mod common;
 use common::*;
-use qwm::backend::{make_backend, LoadOptions};
+use qwm::engine::{make_backend, LoadOptions};
 use qwm::bundle::Bundle;
-use qwm::model::{BatchLatents, Latent, WorldModel};
+use qwm::runtime::model::{BatchLatents, Latent, WorldModel};
 use std::path::{Path, PathBuf};
 
 fn dinowm_tiny() -> PathBuf {
@@ -32,7 +32,7 @@ fn exported_dinowm_bundle_matches_pytorch_including_the_rollout() {
     assert_eq!(b.manifest.proprio_tokens, b.manifest.num_patches);
     let tract = make_backend("tract").unwrap();
     for threads in [1, 2] {
-        let r = qwm::verify::verify(&b, tract.as_ref(), threads).unwrap();
+        let r = qwm::runtime::verify::verify(&b, tract.as_ref(), threads).unwrap();
         let names: Vec<&str> = r.checks.iter().map(|c| c.output.as_str()).collect();
         assert_eq!(
             names,
@@ -70,7 +70,7 @@ fn verify_fails_when_a_number_is_off() {
     );
     assert!(err.contains("1 of 6 outputs differ"), "{err}");
     // A NaN in qwm's output never passes (here: in the reference, compared the other way).
-    assert!(qwm::verify::rel_err(&[f32::NAN], &[1.0]).is_infinite());
+    assert!(qwm::runtime::verify::rel_err(&[f32::NAN], &[1.0]).is_infinite());
 }
 
 #[test]

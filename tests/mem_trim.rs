@@ -12,8 +12,8 @@ fn main() {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn freed_activations_stay_resident_after_loading() {
-    use qwm::profile::rss_bytes;
-    qwm::mem::with_large_allocations_unmapped(|| ());
+    use qwm::util::proc::rss_bytes;
+    qwm::util::mem::with_large_allocations_unmapped(|| ());
     const MIB: u64 = 1 << 20;
     // 24 MiB: under the 32 MiB mapping threshold, so it comes from the heap, like a batch-16
     // activation of the full-size predictor.

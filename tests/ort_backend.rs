@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use qwm::backend::{make_backend, LoadOptions};
+use qwm::engine::{make_backend, LoadOptions};
 use qwm::bundle::Bundle;
 
 /// Tolerance on max |ort - torch| / max |torch| per output (same as tract's).
@@ -114,7 +114,7 @@ fn quantized_forms_agree_across_backends() {
 /// Same observation, goal and candidates: both backends rank the same candidate best.
 #[test]
 fn planner_picks_the_same_best_candidate_on_both_backends() {
-    use qwm::model::WorldModel;
+    use qwm::runtime::model::WorldModel;
     use rand::SeedableRng;
     use rand_distr::{Distribution, StandardNormal};
     let b = Bundle::open(&wall()).unwrap();
@@ -300,7 +300,7 @@ fn profile_reads_onnx_runtime_kernel_times() {
 fn exported_dinowm_bundle_matches_pytorch_on_ort() {
     let b = Bundle::open(&root().join("tests/data/dinowm_tiny")).unwrap();
     let ort = make_backend("ort").unwrap();
-    let r = qwm::verify::verify(&b, ort.as_ref(), 2).unwrap();
+    let r = qwm::runtime::verify::verify(&b, ort.as_ref(), 2).unwrap();
     assert_eq!(r.checks.len(), 6);
     assert!(r.pass(), "{r:?}");
 }

@@ -5,10 +5,10 @@
 //! then minimized exactly by any plan whose predicted last state equals the goal.
 
 mod common;
-use qwm::backend::{Backend, LoadOptions, Session, Tensor, TensorRef};
+use qwm::engine::{Backend, LoadOptions, Session, Tensor, TensorRef};
 use qwm::bundle::{Bundle, MappedGraph};
-use qwm::episode::ModelRollout;
-use qwm::model::{Latent, WorldModel};
+use qwm::runtime::episode::ModelRollout;
+use qwm::runtime::model::{Latent, WorldModel};
 use qwm::plan::{cem::Cem, mppi::Mppi, rng_for, Planner};
 use sha2::Digest;
 

@@ -3,9 +3,9 @@
 mod common;
 use common::*;
 use prost::Message;
-use qwm::backend::{make_backend, LoadOptions, TensorRef};
+use qwm::engine::{make_backend, LoadOptions, TensorRef};
 use qwm::bundle::{Bundle, GraphSpec, MappedGraph, TensorSpec};
-use qwm::quant::onnx::{self as qonnx, ActQuant, LinearLayer};
+use qwm::onnx::proto::{self as qonnx, ActQuant, LinearLayer};
 use qwm::quant::scheme::Scheme;
 use qwm::quant::weights::{quantize_matrix, Observer};
 use qwm::quant::{quantize_bundle, Method, QuantizeConfig};
@@ -343,7 +343,7 @@ fn quantized_linear_layer_in_tract_matches_the_reference() {
         ] {
             let mut m = one_linear(k, n, &w);
             let q = quantize_matrix(&w, k, n, bits, group, Observer::Rtn).unwrap();
-            qonnx::rewrite_weight(&mut m, &layer, &q).unwrap();
+            qwm::quant::qdq::rewrite_weight(&mut m, &layer, &q).unwrap();
             let (wref, _) = ref_dequant(&w, k, n, bits, group, false);
             let xref: Vec<f64> = match act {
                 None => x.iter().map(|v| *v as f64).collect(),
@@ -359,7 +359,7 @@ fn quantized_linear_layer_in_tract_matches_the_reference() {
                     let s64 = (hi - lo) / qmax;
                     assert!(((scale as f64) - s64).abs() <= s64 * 1e-6);
                     assert_eq!(zp as f64, (-(lo / s64).round_ties_even()).clamp(0.0, qmax));
-                    qonnx::rewrite_activation(
+                    qwm::quant::qdq::rewrite_activation(
                         &mut m,
                         &layer,
                         ActQuant::Static {
@@ -372,7 +372,7 @@ fn quantized_linear_layer_in_tract_matches_the_reference() {
                     ref_act(&x, scale as f64, zp as f64, ab)
                 }
                 Some((ab, true)) => {
-                    qonnx::rewrite_activation(&mut m, &layer, ActQuant::PerToken { bits: ab })
+                    qwm::quant::qdq::rewrite_activation(&mut m, &layer, ActQuant::PerToken { bits: ab })
                         .unwrap();
                     let qmax = 2f64.powi(ab as i32) - 1.0;
                     x.chunks(k)
@@ -591,7 +591,7 @@ fn channel_migration_is_an_identity_before_quantization() {
     let mut m = one_linear(k, n, &w);
     let ws: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * s[i / n]).collect();
     qonnx::set_initializer(&mut m, "W", &ws).unwrap();
-    let (place, input) = qonnx::scale_input_channels(&mut m, &layer, &s).unwrap();
+    let (place, input) = qwm::quant::qdq::scale_input_channels(&mut m, &layer, &s).unwrap();
     assert_eq!(place, "mul");
     assert_ne!(input, "x");
     let want = ref_matmul(

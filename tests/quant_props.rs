@@ -2,7 +2,7 @@
 //! step inside the clip range, codes and zero points in range, group layouts round-trip.
 
 use proptest::prelude::*;
-use qwm::quant::onnx::act_params;
+use qwm::onnx::proto::act_params;
 use qwm::quant::weights::{quantize_matrix, scale_for, signed_range, Observer};
 
 fn matrix() -> impl Strategy<Value = (usize, usize, Vec<f32>)> {

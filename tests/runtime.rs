@@ -2,9 +2,9 @@
 
 mod common;
 use common::*;
-use qwm::backend::{make_backend, LoadOptions};
+use qwm::engine::{make_backend, LoadOptions};
 use qwm::bundle::Bundle;
-use qwm::model::{Latent, WorldModel};
+use qwm::runtime::model::{Latent, WorldModel};
 
 /// Tolerance on max |tract - torch| / max |torch| per output.
 const PARITY_REL: f64 = 1e-4;
@@ -253,7 +253,7 @@ fn shipped_pointmaze_and_pusht_models_match_pytorch_and_plan() {
         let dir = format!("models/{env}");
         let b = Bundle::open(&root().join(&dir)).unwrap();
         assert_eq!(b.manifest.env, env);
-        let r = qwm::verify::verify(&b, make_backend("tract").unwrap().as_ref(), 1).unwrap();
+        let r = qwm::runtime::verify::verify(&b, make_backend("tract").unwrap().as_ref(), 1).unwrap();
         assert!(r.pass(), "{env}: {r:?}");
         let (ok, out, err) = run_qwm(&[
             "plan",
@@ -341,10 +341,10 @@ fn tract_loads_each_weight_once() {
 /// other row counts).
 #[test]
 fn tiled_batches_match_one_call() {
-    use qwm::backend::TensorRef;
+    use qwm::engine::TensorRef;
     let b = Bundle::open(&wall()).unwrap();
     let backend = make_backend("tract").unwrap();
-    let inputs = qwm::bench::random_inputs(&b.predictor, 11, 5);
+    let inputs = qwm::engine::random_inputs(&b.predictor, 11, 5);
     let refs: Vec<(&str, TensorRef<'_>)> = inputs
         .iter()
         .map(|(n, s, d)| (n.as_str(), TensorRef { shape: s, data: d }))
@@ -380,7 +380,7 @@ fn tiled_batches_match_one_call() {
 fn attention_graph(n: usize, h: usize, d: usize, masked: bool) -> tract_onnx::pb::ModelProto {
     use tract_onnx::pb;
     let vi = |name: &str, last: i64| {
-        qwm::quant::onnx::value_info(
+        qwm::onnx::proto::value_info(
             name,
             pb::tensor_proto::DataType::Float,
             &[-1, n as i64, last],
@@ -554,7 +554,7 @@ fn attention_reference(
 #[test]
 fn attention_blocks_match_the_float64_reference_on_every_backend() {
     use prost::Message;
-    use qwm::backend::TensorRef;
+    use qwm::engine::TensorRef;
     use qwm::bundle::{GraphSpec, MappedGraph, TensorSpec};
     let (b, n, h, d) = (3usize, 13usize, 2usize, 8usize);
     let x: Vec<f32> = (0..b * n * h * d)
@@ -567,9 +567,9 @@ fn attention_blocks_match_the_float64_reference_on_every_backend() {
     for masked in [true, false] {
         let m = attention_graph(n, h, d, masked);
         let mut t = m.clone();
-        assert_eq!(qwm::backend::tract_attention::fuse_model(&mut t), 1);
+        assert_eq!(qwm::engine::tract::attention::fuse_model(&mut t), 1);
         let mut o = m.clone();
-        assert_eq!(qwm::backend::ort_fusion::fuse_model(&mut o).attention, 1);
+        assert_eq!(qwm::onnx::passes::ort::fuse_model(&mut o).attention, 1);
         let want = attention_reference(&x, b, n, h, d, masked);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.onnx");

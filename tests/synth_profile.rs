@@ -12,11 +12,11 @@ fn qwm(args: &[&str]) -> (bool, String, String) {
 /// 2048, 404-wide tokens).
 #[test]
 fn full_size_presets_have_dinowm_shapes() {
-    use qwm::synth::{encoder, predictor, Arch};
+    use qwm::runtime::synth::{encoder, predictor, Arch};
     let a = Arch::preset("vits14-wall").unwrap();
     assert_eq!(a.num_patches(), 196);
     let params = |m: &tract_onnx::pb::ModelProto| -> u64 {
-        qwm::quant::onnx::float_initializer_bytes(m) / 4
+        qwm::onnx::proto::float_initializer_bytes(m) / 4
     };
     let (d, mlp) = (384u64, 1536u64);
     let block = |dim: u64, inner: u64, mlp: u64, ls: bool| {
@@ -52,8 +52,8 @@ fn full_size_presets_have_dinowm_shapes() {
         + 2 * dim;
     assert_eq!(params(&pred), want_pred);
     // Linear layers the quantizer sees: 4 per block (proprio / action encoders stay float).
-    assert_eq!(qwm::quant::onnx::find_linears(&enc).len(), 12 * 4);
-    assert_eq!(qwm::quant::onnx::find_linears(&pred).len(), 6 * 4);
+    assert_eq!(qwm::onnx::proto::find_linears(&enc).len(), 12 * 4);
+    assert_eq!(qwm::onnx::proto::find_linears(&pred).len(), 6 * 4);
     // h3: a frame-causal mask over 3 x 196 tokens.
     let h3 = predictor(&Arch::preset("vits14-h3").unwrap(), 10, 1);
     assert_eq!(params(&h3), want_pred + 2 * 196 * dim + (588 * 588) as u64);

@@ -3,7 +3,7 @@
 //! inside tract are qwm's to catch, so the fuzzer's abort-on-panic hook is replaced.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use qwm::backend::{Backend, LoadOptions, TensorRef};
+use qwm::engine::{Backend, LoadOptions, TensorRef};
 
 static MANIFEST: &str = include_str!("../../tests/data/tiny_h3/manifest.json");
 
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let m = qwm::bundle::parse_manifest(MANIFEST, path).unwrap();
     let spec = m.graphs.encoder.clone();
     let g = qwm::bundle::MappedGraph::from_bytes(path, data, spec.clone()).unwrap();
-    match qwm::backend::tract::TractBackend.load(&g, &LoadOptions { threads: 1 }) {
+    match qwm::engine::tract::TractBackend.load(&g, &LoadOptions { threads: 1 }) {
         Err(e) => assert!(e.to_string().contains("encoder.onnx"), "{e}"),
         Ok(session) => {
             let inputs: Vec<(String, Vec<usize>, Vec<f32>)> = spec

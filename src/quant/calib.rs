@@ -99,6 +99,15 @@ impl Calibration {
     }
 }
 
+impl crate::runtime::model::Tap for Calibration {
+    fn observe(&mut self, name: &str, data: &[f32], channels: usize) {
+        Calibration::observe(self, name, data, channels)
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,3 +124,4 @@ mod tests {
         assert_eq!(s.sample.len(), 1);
     }
 }
+

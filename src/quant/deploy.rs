@@ -14,7 +14,7 @@
 //!
 //! Other schemes have no deploy form yet and are refused by name.
 
-use super::onnx::{attr_i, f32_tensor, graph_mut, i8_tensor, node, u8_tensor, LinearLayer};
+use crate::onnx::proto::{attr_i, f32_tensor, graph_mut, i8_tensor, node, u8_tensor, LinearLayer};
 use super::scheme::Scheme;
 use super::weights::QuantWeight;
 use crate::error::{QwmError, Result};

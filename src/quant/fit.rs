@@ -15,14 +15,15 @@
 //!    the additivity assumption and the gain over the best uniform scheme of at most the same size
 //!    are reported; `qwm fit` then plans episodes with both (see the command).
 
-use super::onnx::{self, LinearLayer};
+use crate::onnx::proto::{self as onnx, LinearLayer};
+use super::qdq;
 use super::scheme::Scheme;
 use super::weights::{quantize_matrix, Observer};
-use crate::backend::{Backend, LoadOptions};
+use crate::engine::{Backend, LoadOptions};
 use crate::bundle::Bundle;
 use crate::env::Frame;
 use crate::error::{QwmError, Result};
-use crate::model::WorldModel;
+use crate::runtime::model::WorldModel;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
@@ -173,7 +174,7 @@ fn distortion(q: &[Vec<f32>], f: &[Vec<f32>]) -> (f64, f64) {
         }
         let xa: Vec<f64> = a.iter().map(|v| *v as f64).collect();
         let xb: Vec<f64> = b.iter().map(|v| *v as f64).collect();
-        rank += crate::study::spearman(&xa, &xb).unwrap_or(0.0);
+        rank += crate::util::stats::spearman(&xa, &xb).unwrap_or(0.0);
     }
     let d = if num.is_finite() {
         num / den.max(1e-30)
@@ -191,7 +192,7 @@ fn quantize_layer(proto: &mut ModelProto, layer: &LinearLayer, s: Scheme) -> Res
     let w = onnx::initializer(proto, &layer.weight)?;
     let q = quantize_matrix(&w, layer.k, layer.n, bits, s.group, Observer::Rtn)
         .map_err(|e| QwmError::Usage(format!("{}: {e}", layer.node)))?;
-    onnx::rewrite_weight(proto, layer, &q)?;
+    qdq::rewrite_weight(proto, layer, &q)?;
     Ok(((layer.k * layer.n * bits as usize).div_ceil(8) + 4 * q.scales.len()) as u64)
 }
 
@@ -406,9 +407,9 @@ pub fn allocate(a: &Analysis, budget: u64) -> Result<Allocation> {
     if budget < smallest {
         return Err(QwmError::Usage(format!(
             "--mem-limit {} ({budget} bytes): even the smallest allocation needs {} ({smallest} bytes) of weights ({} of them f32 parameters that are never quantized)",
-            crate::profile::fmt_bytes(budget),
-            crate::profile::fmt_bytes(smallest),
-            crate::profile::fmt_bytes(a.fixed_bytes)
+            crate::util::fmt::fmt_bytes(budget),
+            crate::util::fmt::fmt_bytes(smallest),
+            crate::util::fmt::fmt_bytes(a.fixed_bytes)
         )));
     }
     let room = budget - a.fixed_bytes;
@@ -440,7 +441,7 @@ pub fn allocate(a: &Analysis, budget: u64) -> Result<Allocation> {
     if !best[cap].is_finite() {
         return Err(QwmError::Usage(format!(
             "--mem-limit {}: no allocation of finite distortion fits",
-            crate::profile::fmt_bytes(budget)
+            crate::util::fmt::fmt_bytes(budget)
         )));
     }
     let mut choice = vec![0usize; a.layers.len()];

@@ -7,17 +7,18 @@
 
 pub mod calib;
 pub mod deploy;
+pub mod qdq;
 pub mod fit;
-pub mod onnx;
 pub mod scheme;
 pub mod weights;
 
-use crate::backend::{Backend, LoadOptions};
+use crate::engine::{Backend, LoadOptions};
 use crate::bundle::{sha256_file, Bundle, Manifest};
-use crate::episode::{run_episode, MpcConfig};
+use crate::runtime::episode::{run_episode, MpcConfig};
 use crate::error::{QwmError, Result};
-use crate::model::WorldModel;
+use crate::runtime::model::WorldModel;
 use crate::plan::cem::Cem;
+use crate::onnx::proto as onnx;
 use calib::{Calibration, TensorStats};
 use onnx::{ActQuant, LinearLayer};
 use scheme::Scheme;
@@ -186,7 +187,7 @@ fn calibrate(
         backend,
         &LoadOptions::with_threads(cfg.threads),
         taps,
-        Calibration::new(512),
+        Box::new(Calibration::new(512)),
     )?;
     let mut env = crate::env::make_env(&bundle.manifest.env)?;
     let cem = Cem::new(cfg.calib_samples, (cfg.calib_samples / 10).max(1), 10, 1.0)?;
@@ -208,7 +209,11 @@ fn calibrate(
             None,
         )?;
     }
-    Ok(wm.calibration.take().expect("tapped model has calibration"))
+    let tap = wm.take_tap().expect("tapped model has its tap");
+    Ok(*tap
+        .into_any()
+        .downcast::<Calibration>()
+        .expect("the tap is the Calibration given above"))
 }
 
 fn smooth_scales(x_absmax: &[f64], w: &[f32], k: usize, n: usize, alpha: f64) -> Vec<f32> {
@@ -370,7 +375,7 @@ fn quantize_module(
         if let Some((s, alpha)) = &migration {
             w = scale_rows(&w, n, s);
             onnx::set_initializer(proto, &layer.weight, &w)?;
-            let (place, input) = onnx::scale_input_channels(proto, layer, s)?;
+            let (place, input) = qdq::scale_input_channels(proto, layer, s)?;
             act_layer.input = input;
             folded = Some((place.to_string(), *alpha));
         }
@@ -396,7 +401,7 @@ fn quantize_module(
             ),
         };
         match lowering {
-            None => onnx::rewrite_weight(proto, layer, &q)?,
+            None => qdq::rewrite_weight(proto, layer, &q)?,
             Some(deploy::Lowering::MatMulNBits) => {
                 deploy::lower_nbits(proto, layer, &q, cfg.accuracy_level as i64)?
             }
@@ -437,7 +442,7 @@ fn quantize_module(
                         scale, zero_point, ..
                     },
                 ) => deploy::lower_int8(proto, &act_layer, &q, scale, zero_point)?,
-                _ => onnx::rewrite_activation(proto, &act_layer, a)?,
+                _ => qdq::rewrite_activation(proto, &act_layer, a)?,
             }
             activation = Some(a);
         }

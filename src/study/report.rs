@@ -251,7 +251,7 @@ fn bits_series(rs: &[&CellResult], key: impl Fn(&CellResult) -> Option<String>) 
 }
 
 fn fmt_bytes(b: u64) -> String {
-    crate::profile::fmt_bytes(b)
+    crate::util::fmt::fmt_bytes(b)
 }
 
 /// Write `report.md` and the plots into `out`; returns the files written.

@@ -10,10 +10,12 @@
 //! - `logs/`: each child's output;
 //! - `results.jsonl` (or `results.shard-K-of-N.jsonl`): one [`CellResult`] line per finished cell.
 
-use super::{spearman, Cell, CellResult, EpisodePoint, Shard, StudyConfig};
+use super::{Cell, CellResult, EpisodePoint, Shard, StudyConfig};
 use crate::bundle::Bundle;
+use crate::util::stats::spearman;
 use crate::error::{QwmError, Result};
-use crate::quant::{onnx, scheme::Scheme};
+use crate::onnx::proto as onnx;
+use crate::quant::scheme::Scheme;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::io::Write;

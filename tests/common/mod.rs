@@ -52,8 +52,8 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Run a session on a bundle's encoder fixture inputs.
-pub fn run_encoder_fixture(dir: &Path, s: &dyn qwm::backend::Session) -> Vec<qwm::backend::Tensor> {
-    use qwm::backend::TensorRef;
+pub fn run_encoder_fixture(dir: &Path, s: &dyn qwm::engine::Session) -> Vec<qwm::engine::Tensor> {
+    use qwm::engine::TensorRef;
     let (pix, pr) = (npy(dir, "encoder_pixels"), npy(dir, "encoder_proprio"));
     s.run(&[
         (
@@ -78,9 +78,9 @@ pub fn run_encoder_fixture(dir: &Path, s: &dyn qwm::backend::Session) -> Vec<qwm
 /// graph's, to exercise name matching).
 pub fn run_predictor_fixture(
     dir: &Path,
-    s: &dyn qwm::backend::Session,
-) -> Vec<qwm::backend::Tensor> {
-    use qwm::backend::TensorRef;
+    s: &dyn qwm::engine::Session,
+) -> Vec<qwm::engine::Tensor> {
+    use qwm::engine::TensorRef;
     let (v, p, a) = (
         npy(dir, "predictor_visual"),
         npy(dir, "predictor_proprio_emb"),
@@ -115,7 +115,7 @@ pub fn run_predictor_fixture(
 /// Check outputs against the named fixtures: same shapes, max |a - b| / max |b| <= tol.
 pub fn check_fixture(
     dir: &Path,
-    out: &[qwm::backend::Tensor],
+    out: &[qwm::engine::Tensor],
     names: &[&str],
     tol: f64,
     what: &str,

@@ -13,6 +13,11 @@
 //! fell by a third from batch 16 to batch 32 or 300 (int8 predictor: 20.3 -> 14.9 and 13.5
 //! cand/s; float 9.5 -> 7.7 at 300). Tiles also bound a call's activation memory.
 
+pub mod attention;
+pub mod int8;
+pub mod linear;
+pub mod nbits;
+
 use super::{split_ranges, Backend, LoadOptions, Session, Tensor, TensorRef};
 use crate::bundle::MappedGraph;
 use crate::error::{QwmError, Result};
@@ -135,7 +140,7 @@ impl Backend for TractBackend {
         // A panic inside tract on a malformed graph becomes an error naming the graph.
         let name = graph.spec.file.clone();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::mem::with_large_allocations_unmapped(|| load_tract(graph, opts))
+            crate::util::mem::with_large_allocations_unmapped(|| load_tract(graph, opts))
         }))
         .unwrap_or_else(|p| {
             Err(err(
@@ -143,38 +148,38 @@ impl Backend for TractBackend {
                 format!("tract panicked while loading: {}", panic_text(&p)),
             ))
         });
-        crate::mem::release_free_memory();
+        crate::util::mem::release_free_memory();
         r
     }
 }
 
 /// tract's ONNX importer with qwm's operators registered (MatMulNBits kept packed: see
-/// [`super::tract_nbits`]).
+/// [`crate::engine::tract::nbits`]).
 fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
-    super::tract_nbits::register(&mut onnx);
-    super::tract_int8::register(&mut onnx);
-    super::tract_attention::register(&mut onnx);
+    crate::engine::tract::nbits::register(&mut onnx);
+    crate::engine::tract::int8::register(&mut onnx);
+    crate::engine::tract::attention::register(&mut onnx);
     onnx
 }
 
 /// Import a graph file with its weights read straight from the mapping: the protobuf is
 /// rewritten with the large initializers as external data into the same file (see
-/// [`super::external_data`]), so only the graph's structure is decoded and each weight is copied
+/// [`crate::onnx::external_data`]), so only the graph's structure is decoded and each weight is copied
 /// once, into its tract tensor. The usual decode peaked at twice the weights (full-size
 /// predictor: 155 MiB of heap for 77 MiB of weights).
 fn import(bytes: &Arc<memmap2::Mmap>, name: &str) -> Result<InferenceModel> {
     let ext =
-        super::external_data::externalize(&bytes[..], ".", super::external_data::DEFAULT_MIN_BYTES)
+        crate::onnx::external_data::externalize(&bytes[..], ".", crate::onnx::external_data::DEFAULT_MIN_BYTES)
             .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     let mut proto = tract_onnx::pb::ModelProto::decode(&ext.proto[..])
         .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     drop(ext);
-    let fused = super::tract_int8::fuse_model(&mut proto);
-    let attention = super::tract_attention::fuse_model(&mut proto);
+    let fused = crate::engine::tract::int8::fuse_model(&mut proto);
+    let attention = crate::engine::tract::attention::fuse_model(&mut proto);
     log::debug!("{name}: {fused} int8 linear chains and {attention} attention blocks fused");
     let mut onnx = onnx();
-    onnx.provider = Arc::new(super::external_data::MappedResolver {
+    onnx.provider = Arc::new(crate::onnx::external_data::MappedResolver {
         bytes: bytes.clone(),
     });
     // tract resolves a location against a model folder before asking the provider; "." inside
@@ -208,11 +213,11 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
         .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
     let (declared_in, declared_out) = declared_io(&proto);
     // Integer matmuls (the deploy form's MatMulInteger / QLinearMatMul) that qwm does not fuse
-    // (see [`super::tract_int8`]) only reach tract's int8 kernels when the batch is concrete: with
+    // (see [`crate::engine::tract::int8`]) only reach tract's int8 kernels when the batch is concrete: with
     // a symbolic batch the plan was measured 3.9x slower (full-size encoder, batch 1: 332 ms vs
     // 85 ms). Their weights are int8, so per-size plans cost a quarter of what they cost float
     // graphs.
-    super::tract_int8::fuse_model(&mut proto);
+    crate::engine::tract::int8::fuse_model(&mut proto);
     let integer_ops = proto.graph.as_ref().is_some_and(|g| {
         g.node
             .iter()
@@ -329,10 +334,10 @@ impl TractSession {
             log::debug!(
                 "{}: {what}: heap {:.1} MiB (peak {:.1} MiB), RSS {:.1} MiB (peak {:.1} MiB)",
                 self.name,
-                crate::mem::current_bytes() as f64 / 1048576.0,
-                crate::mem::peak_bytes() as f64 / 1048576.0,
-                crate::profile::rss_bytes() as f64 / 1048576.0,
-                crate::profile::peak_rss_bytes() as f64 / 1048576.0
+                crate::util::mem::current_bytes() as f64 / 1048576.0,
+                crate::util::mem::peak_bytes() as f64 / 1048576.0,
+                crate::util::proc::rss_bytes() as f64 / 1048576.0,
+                crate::util::proc::peak_rss_bytes() as f64 / 1048576.0
             )
         };
         phase("before decoding");
@@ -507,7 +512,7 @@ pub fn op_profile(
 ) -> Result<super::OpProfile> {
     let name = graph.spec.file.clone();
     let mut model = import(&graph.bytes, &name)?;
-    let inputs = crate::bench::random_inputs(graph, batch, 0);
+    let inputs = crate::engine::random_inputs(graph, batch, 0);
     let mut tv: TVec<TValue> = tvec![];
     for (i, (n, shape, data)) in inputs.iter().enumerate() {
         model

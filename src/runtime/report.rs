@@ -1,7 +1,7 @@
 //! Run reports: per-episode results plus a summary, printable and serializable (JSON).
 
-use crate::episode::EpisodeResult;
-use crate::profile::{fmt_bytes, quantile};
+use crate::runtime::episode::EpisodeResult;
+use crate::util::{fmt::fmt_bytes, stats::quantile};
 use serde::Serialize;
 
 /// Summary over a run's episodes (snake_case keys are part of qwm's interface).
@@ -98,12 +98,12 @@ pub fn summarize(eps: &[EpisodeResult], peak_rss_bytes: u64) -> Summary {
         },
         non_finite_candidates: eps.iter().map(|e| e.non_finite_candidates).sum(),
         peak_rss_bytes,
-        heap_peak_bytes: if crate::mem::counting() {
-            crate::mem::peak_bytes() as u64
+        heap_peak_bytes: if crate::util::mem::counting() {
+            crate::util::mem::peak_bytes() as u64
         } else {
             0
         },
-        mem_limit_bytes: crate::mem::limit().map(|b| b as u64),
+        mem_limit_bytes: crate::util::mem::limit().map(|b| b as u64),
     }
 }
 

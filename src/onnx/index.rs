@@ -1,5 +1,5 @@
-//! Pattern matching on ONNX protobufs, shared by the engines' fusions ([`super::tract_attention`]
-//! for tract, [`super::ort_fusion`] for ONNX Runtime): the graph's use counts, and the exported
+//! Pattern matching on ONNX protobufs, shared by the engines' fusions ([`crate::engine::tract::attention`]
+//! for tract, [`crate::onnx::passes::ort`] for ONNX Runtime): the graph's use counts, and the exported
 //! attention chain `Einsum(q, k) -> Mul(scale) -> [Where(mask)] -> Softmax -> Einsum(., v)`.
 
 use std::collections::HashMap;

@@ -15,7 +15,7 @@
 
 use crate::bundle::{sha256_file, GraphSpec, Graphs, Manifest, ObjectiveSpec, TensorSpec};
 use crate::error::{QwmError, Result};
-use crate::quant::onnx::{attr_i, attr_ints, f32_tensor, node, value_info};
+use crate::onnx::proto::{attr_i, attr_ints, f32_tensor, node, value_info};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use std::path::Path;
@@ -555,7 +555,7 @@ pub fn write_bundle(a: &Arch, out: &Path, seed: u64, like: Option<&Manifest>) ->
         ),
     ] {
         let path = out.join(file);
-        std::fs::write(&path, crate::quant::onnx::encode(proto))
+        std::fs::write(&path, crate::onnx::proto::encode(proto))
             .map_err(|e| QwmError::io(&path, e))?;
         let ts = |v: Vec<(&str, Vec<i64>)>| {
             v.into_iter()

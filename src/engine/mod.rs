@@ -2,17 +2,12 @@
 //!
 //! A [`Backend`] loads a mapped graph into a [`Session`]; a session runs it on named f32 tensors.
 
-pub mod attention;
-pub mod external_data;
-pub mod fusion;
-pub mod int8_gemm;
+mod inputs;
 #[cfg(feature = "ort")]
 pub mod ort;
-pub mod ort_fusion;
 pub mod tract;
-pub mod tract_attention;
-pub mod tract_int8;
-pub mod tract_nbits;
+
+pub use inputs::random_inputs;
 
 use crate::bundle::MappedGraph;
 use crate::error::{QwmError, Result};

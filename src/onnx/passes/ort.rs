@@ -1,6 +1,6 @@
 //! Graph rewrites that hand ONNX Runtime its own fused CPU kernels (com.microsoft contrib ops) for
 //! what qwm's graphs spell out in standard operators. Applied to the graph's structure when it is
-//! loaded ([`super::ort`]); the bundle's files stay standard ONNX.
+//! loaded ([`crate::engine::ort`]); the bundle's files stay standard ONNX.
 //!
 //! - The deploy form's int8 layer `MatMulInteger -> Cast(float) -> Mul(scale) [-> Add(bias)]`
 //!   becomes `MatMulIntegerToFloat(a, w, 1, scale, a_zero, w_zero [, bias])`: the same integer
@@ -25,8 +25,8 @@
 //! (a constant, or element-wise operators and slices of one, as the exporters' frame-causal masks
 //! are). Others stay as they are.
 
-use super::fusion::{find_attention_chains, splice, AttentionChain, GraphIndex};
-use crate::quant::onnx::{attr_i, attr_ints, f32_tensor, i64_tensor, node};
+use crate::onnx::index::{find_attention_chains, splice, AttentionChain, GraphIndex};
+use crate::onnx::proto::{attr_i, attr_ints, f32_tensor, i64_tensor, node};
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto,
     NodeProto, OperatorSetIdProto,
@@ -51,7 +51,7 @@ pub fn fuse_model(m: &mut ModelProto) -> Fused {
     if !enabled() {
         return Fused::default();
     }
-    let opset = super::fusion::default_opset(m);
+    let opset = crate::onnx::index::default_opset(m);
     let Some(g) = m.graph.as_mut() else {
         return Fused::default();
     };
@@ -293,7 +293,7 @@ fn fuse_attention(g: &mut GraphProto, opset: i64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::onnx::i8_tensor;
+    use crate::onnx::proto::i8_tensor;
 
     fn ops(g: &GraphProto) -> Vec<&str> {
         g.node.iter().map(|n| n.op_type.as_str()).collect()

@@ -5,12 +5,11 @@
 //! exactly the same work. Warm-up calls are excluded; every timed call's outputs are checked to
 //! be finite, so a backend that silently produces NaN cannot look fast.
 
-use crate::backend::{Backend, LoadOptions, TensorRef};
-use crate::bundle::{Bundle, MappedGraph};
+use crate::engine::random_inputs;
+use crate::engine::{Backend, LoadOptions, TensorRef};
+use crate::bundle::Bundle;
 use crate::error::{QwmError, Result};
-use crate::profile::quantile;
-use rand::SeedableRng;
-use rand_distr::{Distribution, StandardNormal};
+use crate::util::stats::quantile;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -83,32 +82,6 @@ impl BenchResult {
     }
 }
 
-/// Seeded standard-normal inputs of a graph's shapes at `batch`.
-pub fn random_inputs(
-    graph: &MappedGraph,
-    batch: usize,
-    seed: u64,
-) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    graph
-        .spec
-        .inputs
-        .iter()
-        .map(|t| {
-            let shape: Vec<usize> = t
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { batch } else { d as usize })
-                .collect();
-            let n = shape.iter().product();
-            let data = (0..n)
-                .map(|_| StandardNormal.sample(&mut rng))
-                .collect::<Vec<f32>>();
-            (t.name.clone(), shape, data)
-        })
-        .collect()
-}
-
 /// Time `cfg.iters` calls of one graph of `bundle` on `backend`.
 pub fn bench_graph(
     bundle: &Bundle,
@@ -129,9 +102,9 @@ pub fn bench_graph(
             "--batch and --iters must be at least 1".into(),
         ));
     }
-    let rss_before_load = crate::profile::rss_bytes();
-    let heap_before = crate::mem::current_bytes();
-    crate::mem::reset_peak();
+    let rss_before_load = crate::util::proc::rss_bytes();
+    let heap_before = crate::util::mem::current_bytes();
+    crate::util::mem::reset_peak();
     let t0 = Instant::now();
     let session = backend.load(
         graph,
@@ -141,11 +114,11 @@ pub fn bench_graph(
         },
     )?;
     let (rss_after_load, peak_rss_load) = (
-        crate::profile::rss_bytes(),
-        crate::profile::peak_rss_bytes(),
+        crate::util::proc::rss_bytes(),
+        crate::util::proc::peak_rss_bytes(),
     );
-    let heap_after_load = crate::mem::current_bytes().saturating_sub(heap_before) as u64;
-    let heap_peak_load = crate::mem::peak_bytes().saturating_sub(heap_before) as u64;
+    let heap_after_load = crate::util::mem::current_bytes().saturating_sub(heap_before) as u64;
+    let heap_peak_load = crate::util::mem::peak_bytes().saturating_sub(heap_before) as u64;
     let inputs = random_inputs(graph, cfg.batch, cfg.seed);
     let refs: Vec<(&str, TensorRef<'_>)> = inputs
         .iter()
@@ -185,7 +158,7 @@ pub fn bench_graph(
         rss_before_load,
         rss_after_load,
         peak_rss_load,
-        peak_rss_run: crate::profile::peak_rss_bytes(),
+        peak_rss_run: crate::util::proc::peak_rss_bytes(),
         heap_after_load,
         heap_peak_load,
     })
@@ -261,7 +234,7 @@ mod tests {
     fn bench_times_the_tiny_model_and_refuses_bad_settings() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_h3");
         let b = Bundle::open(&dir).unwrap();
-        let backend = crate::backend::make_backend("tract").unwrap();
+        let backend = crate::engine::make_backend("tract").unwrap();
         let mut cfg = BenchConfig {
             graph: "predictor".into(),
             batch: 4,

@@ -1,6 +1,6 @@
 //! qwm's fused int8 linear layer for tract: the deploy form's chain
 //! `QuantizeLinear -> MatMulInteger -> Cast -> Mul` becomes one operator that quantizes the
-//! activations, multiplies them with the int8 weights in [`super::int8_gemm`] and rescales on
+//! activations, multiplies them with the int8 weights in [`crate::kernels::int8_gemm`] and rescales on
 //! registers.
 //!
 //! Why: tract 0.23 runs that chain as five passes over the activations (quantize, pack, integer
@@ -18,9 +18,9 @@
 //! conversion to f32 and one product with the chain's per-column scale.
 //! `QWM_TRACT_INT8=tract` turns the fusion off (tract's own lowering), for comparisons.
 
-use super::fusion::scalar_value;
-use super::int8_gemm::{self, ActQuant, PackedWeights};
-use super::tract_nbits::konst;
+use crate::onnx::index::scalar_value;
+use crate::kernels::int8_gemm::{ActQuant, PackedWeights};
+use super::linear::{konst, Int8Linear};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
@@ -50,7 +50,7 @@ pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
 /// into one [`OP_TYPE`] node with inputs `(x, a_scale, a_zero, w, scale)`. Returns how many
 /// chains were fused; `MatMulInteger` nodes that do not fit the pattern stay as they are.
 pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
-    let ix = super::fusion::GraphIndex::new(g);
+    let ix = crate::onnx::index::GraphIndex::new(g);
     let consumer = |name: &str| ix.sole_consumer(name);
     let is_scalar = |name: &str, dt: DataType| {
         ix.initializer(name)
@@ -136,7 +136,7 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
         edits.push((ui, vec![node]));
         drop.extend([qi, mi, ci]);
     }
-    super::fusion::splice(g, edits, &drop);
+    crate::onnx::index::splice(g, edits, &drop);
     fused
 }
 
@@ -226,110 +226,11 @@ impl Expansion for Int8LinearExpansion {
     }
 }
 
-/// `Y[.., n] = (sum_k (quant(X)[.., k] - zero) * W[k, n]) * scale[n]` on [`int8_gemm`]: the
-/// fused chain of the module docs. Also used for `MatMulNBits` at accuracy level 4 with
-/// [`ActQuant::PerBlock`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Int8Linear {
-    /// The weights in the kernel's layout.
-    pub weights: Arc<PackedWeights>,
-    /// How the activations are quantized.
-    pub act: ActQuant,
-}
-
-impl Eq for Int8Linear {}
-
-impl Op for Int8Linear {
-    fn name(&self) -> StaticName {
-        "QwmInt8Linear".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
-            "K {} N {} {:?} ({} bytes resident, {})",
-            self.weights.k(),
-            self.weights.n(),
-            self.act,
-            self.weights.resident_bytes(),
-            if int8_gemm::has_vnni() {
-                "AVX-512 VNNI"
-            } else {
-                "portable"
-            }
-        )])
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for Int8Linear {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (k, n) = (self.weights.k(), self.weights.n());
-        // Uninitialized output: the product writes every element.
-        super::tract_nbits::eval_linear("QwmInt8Linear", inputs, k, n, false, |a, m, out| {
-            int8_gemm::matmul(a, m, &self.weights, self.act, out, int8_gemm::has_vnni());
-            Ok(())
-        })
-    }
-}
-
-impl TypedOp for Int8Linear {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (k, n) = (self.weights.k(), self.weights.n());
-        super::tract_nbits::linear_output_facts("QwmInt8Linear", inputs, k, n)
-    }
-
-    /// Leading axes pass through; K (input) and N (output) are the op's own.
-    fn axes_mapping(
-        &self,
-        inputs: &[&TypedFact],
-        _outputs: &[&TypedFact],
-    ) -> TractResult<AxesMapping> {
-        let lead: String = ('a'..='w').take(inputs[0].rank() - 1).collect();
-        AxesMapping::from_strs(&[format!("{lead}y")], &[format!("{lead}z")])
-    }
-
-    /// A slice of the output's columns is a product with those weight columns (tract's
-    /// `PushSliceUp` then runs q, k and v as three products instead of copying slices out of one).
-    fn slice(
-        &self,
-        patch: &mut TypedModelPatch,
-        _model: &TypedModel,
-        _node: &TypedNode,
-        prefix: &str,
-        inputs: &[OutletId],
-        output_axis: usize,
-        start: &TDim,
-        end: &TDim,
-    ) -> TractResult<Option<TVec<OutletId>>> {
-        let rank = patch.outlet_fact(inputs[0])?.rank();
-        if output_axis + 1 < rank {
-            // A leading axis: rows are independent, the sliced input gives the sliced output.
-            return patch.wire_node(prefix, self.clone(), inputs).map(Some);
-        }
-        let (Ok(s), Ok(e)) = (start.to_usize(), end.to_usize()) else {
-            return Ok(None);
-        };
-        let Some(w) = self.weights.columns(s..e) else {
-            return Ok(None);
-        };
-        let op = Int8Linear {
-            weights: Arc::new(w),
-            act: self.act,
-        };
-        patch.wire_node(prefix, op, inputs).map(Some)
-    }
-
-    as_op!();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::deploy::lower_int8;
-    use crate::quant::onnx::{f32_tensor, find_linears, i8_tensor};
+    use crate::onnx::proto::{f32_tensor, find_linears, i8_tensor};
     use crate::quant::weights::{quantize_matrix, Observer};
     use tract_onnx::pb::{GraphProto, ModelProto, ValueInfoProto};
 

@@ -17,10 +17,11 @@
 //! resident f32 weight. The tests check it against a float64 reference.
 //!
 //! At `accuracy_level` 4 (int8 activations per block, as ONNX Runtime reads the attribute),
-//! symmetric 4-bit weights run on qwm's int8 kernel instead ([`super::tract_int8::Int8Linear`]
-//! with [`super::int8_gemm::ActQuant::PerBlock`]): 1.44x the float model's throughput on the
+//! symmetric 4-bit weights run on qwm's int8 kernel instead ([`super::linear::Int8Linear`]
+//! with [`crate::kernels::int8_gemm::ActQuant::PerBlock`]): 1.44x the float model's throughput on the
 //! full-size predictor where the f32 path is at par.
 
+use super::linear::{eval_linear, konst, linear_output_facts};
 use ndarray::{ArrayView2, ArrayViewMut2};
 use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::NodeProto;
@@ -86,25 +87,12 @@ struct NBitsExpansion {
     n: usize,
     bits: usize,
     block_size: usize,
-    /// 4: int8 activations per block (see [`super::tract_int8::Int8Linear`]); else float.
+    /// 4: int8 activations per block (see [`super::linear::Int8Linear`]); else float.
     accuracy_level: i64,
     zp_input: Option<usize>,
     bias_input: Option<usize>,
 }
 
-/// The constant value of an input of operator `op` (its `what`), or an error saying it must be one.
-pub(super) fn konst(
-    model: &TypedModel,
-    outlet: OutletId,
-    op: &str,
-    what: &str,
-) -> TractResult<Arc<Tensor>> {
-    model
-        .outlet_fact(outlet)?
-        .konst
-        .clone()
-        .with_context(|| format!("{op}: {what} must be a constant"))
-}
 
 impl Expansion for NBitsExpansion {
     fn name(&self) -> StaticName {
@@ -191,11 +179,11 @@ impl Expansion for NBitsExpansion {
         // Accuracy level 4 (int8 activations per block, as ONNX Runtime): symmetric 4-bit
         // weights run on the int8 kernel; other shapes keep float activations.
         let mut y = if self.accuracy_level == 4 && bits == 4 && zeros.is_none() && bs % 4 == 0 {
-            let op = super::tract_int8::Int8Linear {
-                weights: Arc::new(super::int8_gemm::PackedWeights::from_nbits4(
+            let op = super::linear::Int8Linear {
+                weights: Arc::new(crate::kernels::int8_gemm::PackedWeights::from_nbits4(
                     k, n, bs, codes, scales,
                 )),
-                act: super::int8_gemm::ActQuant::PerBlock,
+                act: crate::kernels::int8_gemm::ActQuant::PerBlock,
             };
             model.wire_node(format!("{prefix}.int8_matmul"), op, &[a])?[0]
         } else {
@@ -339,65 +327,7 @@ impl EvalOp for PackedMatMul {
     }
 }
 
-/// Evaluate an operator that maps the last axis (K) of its one f32 input to N: checks the input,
-/// allocates the output (zeroed when `zeroed`, else uninitialized for `f` to overwrite whole) and
-/// calls `f(input, rows, output)` unless there are no rows. Shared by [`PackedMatMul`] and
-/// [`super::tract_int8::Int8Linear`].
-pub(super) fn eval_linear(
-    op: &str,
-    inputs: TVec<TValue>,
-    k: usize,
-    n: usize,
-    zeroed: bool,
-    f: impl FnOnce(&[f32], usize, &mut [f32]) -> TractResult<()>,
-) -> TractResult<TVec<TValue>> {
-    ensure!(inputs.len() == 1, "{op} expects one input");
-    let a = &inputs[0];
-    let shape = a.shape();
-    ensure!(
-        shape.last() == Some(&k),
-        "{op}: input shape {shape:?}, expected last dimension K {k}"
-    );
-    let m: usize = shape[..shape.len() - 1].iter().product();
-    let mut out_shape: TVec<usize> = shape.into();
-    *out_shape.last_mut().expect("rank >= 1") = n;
-    let mut out = if zeroed {
-        Tensor::zero::<f32>(&out_shape)?
-    } else {
-        // SAFETY: `f` writes every element (the callers' contract).
-        unsafe { Tensor::uninitialized::<f32>(&out_shape)? }
-    };
-    if m > 0 {
-        let a_ram = a.try_as_plain_ram()?;
-        let mut out_ram = out.try_as_plain_ram_mut()?;
-        f(a_ram.as_slice()?, m, out_ram.as_slice_mut()?)?;
-    }
-    Ok(tvec!(out.into_tvalue()))
-}
 
-/// The output fact of such an operator: the input's shape with its last axis K replaced by N.
-pub(super) fn linear_output_facts(
-    op: &str,
-    inputs: &[&TypedFact],
-    k: usize,
-    n: usize,
-) -> TractResult<TVec<TypedFact>> {
-    ensure!(inputs.len() == 1, "{op} expects one input");
-    ensure!(
-        inputs[0].datum_type == f32::datum_type(),
-        "{op}: input must be f32"
-    );
-    let rank = inputs[0].rank();
-    ensure!(rank >= 1, "{op}: input must have rank >= 1");
-    ensure!(
-        inputs[0].shape[rank - 1] == k.to_dim(),
-        "{op}: input last dimension {:?}, expected K {k}",
-        inputs[0].shape[rank - 1]
-    );
-    let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-    shape[rank - 1] = n.to_dim();
-    Ok(tvec!(f32::fact(shape)))
-}
 
 impl TypedOp for PackedMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {

@@ -1,6 +1,6 @@
 //! Scaled dot-product attention on f32, one batch item and head at a time:
 //! `O = softmax(mask(scale * Q K^T)) V`, the kernel of tract's fused attention operator
-//! ([`super::tract_attention`]).
+//! ([`crate::engine::tract::attention`]).
 //!
 //! Why a kernel of its own: tract 0.23 runs an exported attention block as two `EinSum`s, a
 //! scale, a `Where` and a `Softmax`, each a pass over the whole `[batch, heads, n, m]` score

@@ -4,11 +4,10 @@
 //! sequences forward autoregressively, and score predicted frames against a goal. Knows nothing
 //! about planners or environments.
 
-use crate::backend::{Backend, LoadOptions, Session, TensorRef};
+use crate::engine::{Backend, LoadOptions, Session, TensorRef};
 use crate::bundle::{Bundle, Manifest, MappedGraph};
 use crate::env::{render, Frame};
 use crate::error::{QwmError, Result};
-use crate::quant::calib::Calibration;
 use std::time::{Duration, Instant};
 
 /// One frame in latent space: visual tokens and the proprio embedding.
@@ -42,6 +41,15 @@ pub struct ModelTimers {
     pub predict_calls: u64,
 }
 
+/// Where a tapped model's intermediate tensors go (calibration statistics, for the quantizer):
+/// the model knows which tensors it exposes, not what is done with them.
+pub trait Tap: Send {
+    /// One observed tensor, named `module:tensor`, with `channels` values per row.
+    fn observe(&mut self, name: &str, data: &[f32], channels: usize);
+    /// The tap itself, for the caller that made it to take back its concrete type.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
 /// A loaded world model.
 pub struct WorldModel {
     /// The bundle's manifest.
@@ -50,8 +58,8 @@ pub struct WorldModel {
     predictor: Box<dyn Session>,
     /// Time spent in graph calls since the last reset.
     pub timers: ModelTimers,
-    /// When set, intermediate tensors exposed by [`WorldModel::load_tapped`] are folded in here.
-    pub calibration: Option<Calibration>,
+    /// When set, intermediate tensors exposed by [`WorldModel::load_tapped`] go here.
+    tap: Option<Box<dyn Tap>>,
     tap_names: [Vec<String>; 2],
 }
 
@@ -77,25 +85,25 @@ impl WorldModel {
             encoder,
             predictor,
             timers: ModelTimers::default(),
-            calibration: None,
+            tap: None,
             tap_names: [vec![], vec![]],
         })
     }
 
     /// Load with extra graph outputs exposing intermediate tensors (encoder taps, predictor
-    /// taps); every call then folds them into `calibration`.
+    /// taps); every call then hands them to `tap` (see [`WorldModel::take_tap`]).
     pub fn load_tapped(
         bundle: &Bundle,
         backend: &dyn Backend,
         opts: &LoadOptions,
         taps: [Vec<String>; 2],
-        calibration: Calibration,
+        tap: Box<dyn Tap>,
     ) -> Result<WorldModel> {
         check_objective(bundle)?;
         let mut sessions = vec![];
         for (g, t) in [&bundle.encoder, &bundle.predictor].into_iter().zip(&taps) {
-            let mut proto = crate::quant::onnx::decode(&g.bytes, &g.spec.file)?;
-            crate::quant::onnx::expose(&mut proto, t)?;
+            let mut proto = crate::onnx::proto::decode(&g.bytes, &g.spec.file)?;
+            crate::onnx::proto::expose(&mut proto, t)?;
             let mut spec = g.spec.clone();
             spec.outputs
                 .extend(t.iter().map(|n| crate::bundle::TensorSpec {
@@ -103,7 +111,7 @@ impl WorldModel {
                     shape: vec![],
                 }));
             let graph =
-                MappedGraph::from_bytes(&g.path, &crate::quant::onnx::encode(&proto), spec)?;
+                MappedGraph::from_bytes(&g.path, &crate::onnx::proto::encode(&proto), spec)?;
             sessions.push(backend.load(&graph, opts)?);
         }
         let predictor = sessions.pop().expect("two graphs");
@@ -113,9 +121,14 @@ impl WorldModel {
             encoder,
             predictor,
             timers: ModelTimers::default(),
-            calibration: Some(calibration),
+            tap: Some(tap),
             tap_names: taps,
         })
+    }
+
+    /// Take the tap back (None for an untapped model or one already taken).
+    pub fn take_tap(&mut self) -> Option<Box<dyn Tap>> {
+        self.tap.take()
     }
 
     /// Replace the encoder (`module` 0) or the predictor (1) with another graph of the same
@@ -142,12 +155,12 @@ impl WorldModel {
         Ok(())
     }
 
-    fn absorb_taps(&mut self, module: usize, out: &mut Vec<crate::backend::Tensor>) {
+    fn absorb_taps(&mut self, module: usize, out: &mut Vec<crate::engine::Tensor>) {
         if out.len() <= 2 {
             return;
         }
         let extra = out.split_off(2);
-        if let Some(c) = self.calibration.as_mut() {
+        if let Some(c) = self.tap.as_mut() {
             for (t, name) in extra.iter().zip(&self.tap_names[module]) {
                 let ch = t.shape.last().copied().unwrap_or(0);
                 c.observe(
@@ -442,7 +455,7 @@ impl WorldModel {
     }
 }
 
-fn check_outputs(graph: &str, out: &[crate::backend::Tensor], lens: &[usize]) -> Result<()> {
+fn check_outputs(graph: &str, out: &[crate::engine::Tensor], lens: &[usize]) -> Result<()> {
     if out.len() != lens.len() || out.iter().zip(lens).any(|(t, l)| t.data.len() != *l) {
         return Err(QwmError::Backend {
             backend: "any",

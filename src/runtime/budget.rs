@@ -2,13 +2,13 @@
 //! candidate, predict the peak of a CEM chunk, and pick the largest chunk that fits.
 //!
 //! The measurement runs the predictor twice at small batches and reads the counting allocator's
-//! high-water mark (so it needs [`crate::mem::CountingAlloc`] installed, as the binary does). The
+//! high-water mark (so it needs [`crate::util::mem::CountingAlloc`] installed, as the binary does). The
 //! difference between the two peaks is the per-candidate activation cost; the rest (building the
 //! plan for a new batch size, weights copies) is the fixed cost of a call at a new size.
 
 use crate::error::{QwmError, Result};
-use crate::mem;
-use crate::model::{Latent, WorldModel};
+use crate::util::mem;
+use crate::runtime::model::{Latent, WorldModel};
 
 /// Measured costs of predictor calls.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -116,10 +116,10 @@ pub fn choose_chunk(
         let need = cost.predict(resident, 1, samples, horizon, wm);
         return Err(QwmError::Usage(format!(
             "--mem-limit {}: planning needs about {} even one candidate at a time ({} resident after loading, {} per predictor call); raise --mem-limit or use a smaller model or --samples",
-            crate::profile::fmt_bytes(limit as u64),
-            crate::profile::fmt_bytes(need as u64),
-            crate::profile::fmt_bytes(resident as u64),
-            crate::profile::fmt_bytes((cost.fixed + cost.per_candidate) as u64),
+            crate::util::fmt::fmt_bytes(limit as u64),
+            crate::util::fmt::fmt_bytes(need as u64),
+            crate::util::fmt::fmt_bytes(resident as u64),
+            crate::util::fmt::fmt_bytes((cost.fixed + cost.per_candidate) as u64),
         )));
     }
     let (mut lo, mut hi) = (1, samples.max(1));

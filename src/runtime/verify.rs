@@ -7,10 +7,10 @@
 //! through [`WorldModel::rollout`], the code the planner uses) and compares each output with its
 //! fixture as max |qwm - torch| / max |torch|. Any non-finite output fails.
 
-use crate::backend::{Backend, LoadOptions, Session, Tensor, TensorRef};
+use crate::engine::{Backend, LoadOptions, Session, Tensor, TensorRef};
 use crate::bundle::Bundle;
 use crate::error::{QwmError, Result};
-use crate::model::{Latent, WorldModel};
+use crate::runtime::model::{Latent, WorldModel};
 use ndarray::ArrayD;
 use serde::Serialize;
 use std::path::Path;

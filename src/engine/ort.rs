@@ -139,7 +139,7 @@ impl OrtBackend {
             .map_err(|e| err(&name, e))?;
         let session = commit(builder, graph, false)?;
         let s = OrtSession::new(name.clone(), session, graph);
-        let data = crate::bench::random_inputs(graph, batch, 0);
+        let data = crate::engine::random_inputs(graph, batch, 0);
         let refs: Vec<(&str, TensorRef<'_>)> = data
             .iter()
             .map(|(n, sh, d)| (n.as_str(), TensorRef { shape: sh, data: d }))
@@ -252,13 +252,13 @@ fn commit(
             .commit_from_memory(fused.as_deref().unwrap_or(&graph.bytes[..]))
             .map_err(|e| err(name, format!("cannot load graph: {e}")))?
     };
-    crate::mem::release_free_memory();
+    crate::util::mem::release_free_memory();
     Ok(session)
 }
 
 /// Load a graph that is a file on disk: ONNX Runtime gets the graph's structure only, with every
 /// large initializer as external data at its own offset in that file (see
-/// [`super::external_data`]), and maps the weights from the file itself. Handing it the whole
+/// [`crate::onnx::external_data`]), and maps the weights from the file itself. Handing it the whole
 /// protobuf instead made it hold a decoded copy of every weight next to its prepacked one while
 /// loading (full-size float predictor: load peak 134.8 MiB for 88.0 MiB resident).
 ///
@@ -284,10 +284,10 @@ fn load_from_file(
     } else {
         dir
     };
-    let ext = super::external_data::externalize(
+    let ext = crate::onnx::external_data::externalize(
         &graph.bytes[..],
         file,
-        super::external_data::DEFAULT_MIN_BYTES,
+        crate::onnx::external_data::DEFAULT_MIN_BYTES,
     )
     .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     log::debug!(
@@ -317,22 +317,22 @@ fn load_from_file(
         .map_err(|e| err(name, format!("cannot load graph: {e}")))
 }
 
-/// The graph's protobuf with [`super::ort_fusion`]'s rewrites, or `None` when they change
+/// The graph's protobuf with [`crate::onnx::passes::ort`]'s rewrites, or `None` when they change
 /// nothing (or are off).
 fn fused_proto(name: &str, proto: &[u8]) -> Result<Option<Vec<u8>>> {
     use prost::Message;
-    if !super::ort_fusion::enabled() {
+    if !crate::onnx::passes::ort::enabled() {
         return Ok(None);
     }
     let mut m = tract_onnx::pb::ModelProto::decode(proto)
         .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
-    let fused = super::ort_fusion::fuse_model(&mut m);
+    let fused = crate::onnx::passes::ort::fuse_model(&mut m);
     log::debug!(
         "{name}: {} int8 products and {} attention blocks handed to ONNX Runtime's fused kernels",
         fused.int8_linears,
         fused.attention
     );
-    if fused == super::ort_fusion::Fused::default() {
+    if fused == crate::onnx::passes::ort::Fused::default() {
         return Ok(None);
     }
     Ok(Some(m.encode_to_vec()))

@@ -32,7 +32,7 @@ pub struct BoardProfile {
 impl BoardProfile {
     /// Memory budget in bytes.
     pub fn memory_budget_bytes(&self) -> Result<u64> {
-        crate::mem::parse_size(
+        crate::util::mem::parse_size(
             &self.memory_budget,
             &format!("memory_budget of target '{}'", self.name),
         )

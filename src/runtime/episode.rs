@@ -3,7 +3,7 @@
 
 use crate::env::{Env, Frame, Task};
 use crate::error::{QwmError, Result};
-use crate::model::{Latent, WorldModel};
+use crate::runtime::model::{Latent, WorldModel};
 use crate::plan::{Planner, Rollout};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;

@@ -1,6 +1,6 @@
 //! qwm's fused attention operator for tract: the exported chain
 //! `Einsum(q, k) -> Mul(scale) -> [Where(mask)] -> Softmax -> Einsum(., v)` becomes one operator
-//! running [`super::attention`].
+//! running [`crate::kernels::attention`].
 //!
 //! Why: tract 0.23 runs the chain as separate passes over the whole `[batch, heads, n, m]` score
 //! tensor, with transposes around its batched products. On the full-size predictor at batch 16
@@ -9,7 +9,7 @@
 //! under 2x float (issue 8). Fused, each head's scores stay in L2.
 //!
 //! The fusion is a rewrite of the graph's protobuf before tract imports it
-//! ([`fuse_attention`]), like [`super::tract_int8`]'s: a chain is fused only when every tensor
+//! ([`fuse_attention`]), like [`crate::engine::tract::int8`]'s: a chain is fused only when every tensor
 //! between its nodes has one consumer, the equations are `bnhd,bmhd->bhnm` and `bhnm,bmhd->bnhd`
 //! (any letters in those roles: PyTorch's export of `einsum` attention, DINOv2's and DINO-WM's
 //! alike), the scale and the fill value are provably single numbers (initializers, constants,
@@ -18,8 +18,8 @@
 //! call. `QWM_TRACT_ATTENTION=tract` turns the fusion off (tract's own operators), for
 //! comparisons.
 
-use super::attention::{self, Dims, Mask};
-use super::fusion::{find_attention_chains, splice};
+use crate::kernels::attention::{self, Dims, Mask};
+use crate::onnx::index::{find_attention_chains, splice};
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto, GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
@@ -39,7 +39,7 @@ pub fn enabled() -> bool {
 
 /// [`fuse_attention`] on a model's graph when fusion is [`enabled`]; how many chains it fused.
 pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
-    let opset = super::fusion::default_opset(m);
+    let opset = crate::onnx::index::default_opset(m);
     match m.graph.as_mut() {
         Some(g) if enabled() => fuse_attention(g, opset),
         _ => 0,
@@ -313,11 +313,11 @@ impl TypedOp for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::onnx::f32_tensor;
+    use crate::onnx::proto::f32_tensor;
     use tract_onnx::pb::{tensor_proto::DataType, ModelProto, ValueInfoProto};
 
     fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        crate::quant::onnx::node(op, &format!("n_{output}"), inputs, &[output], vec![])
+        crate::onnx::proto::node(op, &format!("n_{output}"), inputs, &[output], vec![])
     }
 
     fn with_attr(mut n: NodeProto, a: AttributeProto) -> NodeProto {
@@ -338,7 +338,7 @@ mod tests {
     }
 
     fn vi(name: &str, dims: &[i64], dt: DataType) -> ValueInfoProto {
-        crate::quant::onnx::value_info(name, dt, dims)
+        crate::onnx::proto::value_info(name, dt, dims)
     }
 
     /// `q, k, v [b, n, h, d]` (and `cond [n, n]` when masked) through the exporters' attention

@@ -1,0 +1,339 @@
+//! `qwm plan`: headless MPC episodes with a world model, a human summary and a JSON report
+//! (rewritten after every episode; `--resume` continues an interrupted run).
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use crate::bundle::Bundle;
+use crate::engine::make_backend_with;
+use crate::plan::{cem::Cem, mppi::Mppi, Planner, PlannerKind};
+use crate::runtime::episode::{run_episode, MpcConfig};
+use crate::runtime::model::WorldModel;
+use indicatif::{ProgressBar, ProgressStyle};
+use super::args::{resolve_run_settings, RunArgs};
+use super::STARTED;
+
+#[derive(Args, Debug, serde::Serialize)]
+#[command(allow_negative_numbers = true)]
+pub struct PlanArgs {
+    /// Bundle folder (manifest.json + encoder.onnx + predictor.onnx).
+    #[arg(long, default_value = "models/wall")]
+    pub model: PathBuf,
+    /// Environment (defaults to the one the model was trained on).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Episodes to run (the default is a short demonstration; evaluations use 50).
+    #[arg(long, default_value_t = 3)]
+    pub episodes: usize,
+    /// Seed: episode i uses task seed 99 * (seed + i) + 1 (DINO-WM's evaluation seeds for seed 0)
+    /// and planner noise derived from the seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Planner.
+    #[arg(long, value_enum, default_value_t = PlannerKind::Cem)]
+    pub planner: PlannerKind,
+    /// Candidates per optimization step.
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// CEM elites.
+    #[arg(long, default_value_t = 30)]
+    pub topk: usize,
+    /// Optimization steps per plan.
+    #[arg(long, default_value_t = 10)]
+    pub opt_steps: usize,
+    /// Planning horizon (model steps; each is frameskip environment steps).
+    #[arg(long, default_value_t = 5)]
+    pub horizon: usize,
+    /// Planned model actions executed per MPC step.
+    #[arg(long, default_value_t = 5)]
+    pub n_taken: usize,
+    /// Most MPC steps per episode.
+    #[arg(long, default_value_t = 10)]
+    pub max_iter: usize,
+    /// CEM initial std / MPPI noise (normalized action units).
+    #[arg(long, default_value_t = 1.0)]
+    pub var_scale: f32,
+    /// MPPI temperature relative to the spread of objectives.
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature: f32,
+    /// Candidates per predictor call (default: all samples at once).
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
+    /// Write the full report as JSON (rewritten after every episode, so an interrupted run keeps
+    /// its finished episodes).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Continue an interrupted run: keep the finished episodes in the --json file (which must come
+    /// from the same settings) and run only the rest. Episodes are independent (each has its own
+    /// seeds), so the result equals an uninterrupted run's.
+    #[arg(long, requires = "json")]
+    pub resume: bool,
+    /// Write each episode's observed frames (and goal) as PNG files under this folder.
+    #[arg(long)]
+    pub save_frames: Option<PathBuf>,
+}
+
+
+pub fn plan(args: PlanArgs) -> Result<()> {
+    if args.episodes == 0 {
+        bail!("--episodes must be at least 1");
+    }
+    let (threads, backend_name, mem_limit) = resolve_run_settings(&args.run)?;
+    let planner: Box<dyn Planner> = match args.planner {
+        PlannerKind::Cem => Box::new(Cem::new(
+            args.samples,
+            args.topk,
+            args.opt_steps,
+            args.var_scale,
+        )?),
+        PlannerKind::Mppi => Box::new(Mppi::new(
+            args.samples,
+            args.opt_steps,
+            args.var_scale,
+            args.temperature,
+        )?),
+    };
+    let mut cfg = MpcConfig {
+        horizon: args.horizon,
+        n_taken: args.n_taken,
+        max_iter: args.max_iter,
+        chunk: args.chunk.unwrap_or(args.samples),
+    };
+    cfg.validate()?;
+    if let Some(path) = &args.json {
+        // Fail now, not after the episodes, when the report cannot be written.
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, b"")
+            .with_context(|| format!("--json: cannot write {}", path.display()))?;
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let backend = make_backend_with(&backend_name, args.run.ort_lib.as_deref())?;
+    let t0 = Instant::now();
+    let bundle = Bundle::open(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let env_name = args
+        .env
+        .clone()
+        .unwrap_or_else(|| bundle.manifest.env.clone());
+    if env_name != bundle.manifest.env {
+        bail!(
+            "--env {env_name}: the model in {} was trained on '{}'",
+            args.model.display(),
+            bundle.manifest.env
+        );
+    }
+    let mut env = crate::env::make_env(&env_name)?;
+    if env.action_dim() != bundle.manifest.action_dim
+        || env.proprio_dim() != bundle.manifest.proprio_dim
+    {
+        bail!(
+            "model {} does not match environment {env_name}'s action/proprio sizes",
+            args.model.display()
+        );
+    }
+    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &args.run.load_options(threads))?;
+    drop(bundle);
+    let load_time_s = t0.elapsed().as_secs_f64();
+    let load_peak = crate::util::proc::peak_rss_bytes();
+    println!(
+        "qwm plan: model {} on {} ({} threads), {:?} {} samples, top-k {}, {} opt steps, horizon {}, {} taken, max {} MPC steps, {} episodes",
+        args.model.display(), backend_name, threads, args.planner, args.samples, args.topk, args.opt_steps, args.horizon, args.n_taken, args.max_iter, args.episodes
+    );
+    if let Some(l) = mem_limit {
+        // Predict the peak of one CEM chunk and fit the chunk to the limit (results do not depend
+        // on the chunk; only speed and memory do).
+        let cost = crate::runtime::budget::measure(&mut wm, threads)?;
+        let (fit, predicted) =
+            crate::runtime::budget::choose_chunk(&cost, &wm, l as usize, args.samples, args.horizon)?;
+        if let Some(c) = args.chunk {
+            if c > fit {
+                bail!(
+                    "--chunk {c} does not fit --mem-limit {}: at most {fit} candidates per predictor call fit ({:.0} bytes per candidate); lower --chunk or raise the limit",
+                    crate::util::fmt::fmt_bytes(l),
+                    cost.per_candidate
+                );
+            }
+        } else {
+            cfg.chunk = fit;
+        }
+        println!(
+            "  memory limit {} (heap after load {}): {} candidates per predictor call, predicted heap peak {}",
+            crate::util::fmt::fmt_bytes(l),
+            crate::util::fmt::fmt_bytes(crate::util::mem::current_bytes() as u64),
+            cfg.chunk,
+            crate::util::fmt::fmt_bytes(predicted as u64)
+        );
+    }
+    if let Some(dir) = &args.save_frames {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--save-frames: cannot create {}", dir.display()))?;
+    }
+    let pb = ProgressBar::new(args.episodes as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} episodes [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("template"),
+    );
+    let mut results: Vec<crate::runtime::episode::EpisodeResult> = match (&args.json, args.resume) {
+        (Some(path), true) if path.exists() => previous_episodes(path, &args)?,
+        _ => Vec::new(),
+    };
+    if !results.is_empty() {
+        println!(
+            "resuming {}: {} of {} episodes already done",
+            args.json.as_ref().expect("resume requires json").display(),
+            results.len(),
+            args.episodes
+        );
+        for r in &results {
+            let line = crate::runtime::report::episode_line(r);
+            if pb.is_hidden() {
+                println!("{line}");
+            } else {
+                pb.println(line);
+            }
+        }
+        pb.set_position(results.len() as u64);
+    }
+    let config = serde_json::json!({"args": &args, "threads": threads, "env": env_name});
+    let write_report = |results: &[crate::runtime::episode::EpisodeResult], complete: bool| -> Result<()> {
+        let Some(path) = &args.json else {
+            return Ok(());
+        };
+        let report = crate::runtime::report::PlanReport {
+            qwm_version: env!("CARGO_PKG_VERSION").to_string(),
+            config: config.clone(),
+            load_time_s,
+            load_peak_rss_bytes: load_peak,
+            episodes: results.to_vec(),
+            summary: crate::runtime::report::summarize(results, crate::util::proc::peak_rss_bytes()),
+            complete,
+        };
+        let text = serde_json::to_string_pretty(&report)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .with_context(|| format!("--json: cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("--json: cannot write {}", path.display()))?;
+        Ok(())
+    };
+    // Start-up to the first plan: process start to the first episode's first action (loading, the
+    // first observation's encoding and the first CEM plan; the reset and render, microseconds,
+    // are left out).
+    let mut first_plan_s: Option<f64> = None;
+    for i in results.len()..args.episodes {
+        let task_seed = 99 * (args.seed + i as u64) + 1;
+        let mut frames = args.save_frames.as_ref().map(|_| Vec::new());
+        let episode_started = Instant::now();
+        let r = run_episode(
+            &mut wm,
+            env.as_mut(),
+            planner.as_ref(),
+            &cfg,
+            i,
+            task_seed,
+            args.seed,
+            frames.as_mut(),
+        )
+        .with_context(|| format!("episode {i} (task seed {task_seed})"))?;
+        if let (Some(dir), Some(frames)) = (&args.save_frames, frames) {
+            let ed = dir.join(format!("episode_{i:03}"));
+            std::fs::create_dir_all(&ed).with_context(|| format!("creating {}", ed.display()))?;
+            for (k, f) in frames.iter().enumerate() {
+                write_png(&ed.join(format!("frame_{k:03}.png")), f)?;
+            }
+            env.reset_to(&r.task)?;
+            write_png(
+                &ed.join("goal.png"),
+                &env.render_state(&r.task.goal, wm.manifest.image_size),
+            )?;
+            write_png(
+                &ed.join("final.png"),
+                &env.render_state(&r.final_state, wm.manifest.image_size),
+            )?;
+        }
+        if first_plan_s.is_none() {
+            if let (Some(t), Some(start)) = (r.timings.first(), STARTED.get()) {
+                let before = episode_started.duration_since(*start).as_secs_f64();
+                first_plan_s = Some(before + t.encode_s + t.plan_s);
+            }
+        }
+        let line = crate::runtime::report::episode_line(&r);
+        if pb.is_hidden() {
+            println!("{line}");
+        } else {
+            pb.println(line);
+        }
+        results.push(r);
+        write_report(&results, results.len() == args.episodes)?;
+        let ok = results.iter().filter(|e| e.success).count();
+        pb.set_message(format!("success {ok}/{}", results.len()));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let summary = crate::runtime::report::summarize(&results, crate::util::proc::peak_rss_bytes());
+    println!(
+        "{}",
+        crate::runtime::report::summary_text(&summary, load_time_s, load_peak)
+    );
+    if let Some(s) = first_plan_s {
+        println!("  start-up to 1st plan  {s:.3} s (process start to the first action)");
+    }
+    write_report(&results, true)?;
+    Ok(())
+}
+
+pub fn previous_episodes(path: &Path, args: &PlanArgs) -> Result<Vec<crate::runtime::episode::EpisodeResult>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--resume: cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--resume: {} is not a qwm plan report", path.display()))?;
+    let mut want = serde_json::to_value(args)?;
+    let mut have = v["config"]["args"].clone();
+    for a in [&mut want, &mut have] {
+        if let Some(o) = a.as_object_mut() {
+            o.remove("resume");
+            o.remove("episodes");
+        }
+    }
+    if want != have {
+        bail!(
+            "--resume: {} was written with different settings ({}); use another --json file or drop --resume",
+            path.display(),
+            have
+        );
+    }
+    let eps: Vec<crate::runtime::episode::EpisodeResult> = serde_json::from_value(v["episodes"].clone())
+        .with_context(|| format!("--resume: episodes in {} are unreadable", path.display()))?;
+    if eps.len() > args.episodes {
+        bail!(
+            "--resume: {} already has {} episodes, more than --episodes {}",
+            path.display(),
+            eps.len(),
+            args.episodes
+        );
+    }
+    Ok(eps)
+}
+
+pub fn write_png(path: &Path, f: &crate::env::Frame) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut enc = png::Encoder::new(
+        std::io::BufWriter::new(file),
+        f.width as u32,
+        f.height as u32,
+    );
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()?
+        .write_image_data(&f.data)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+

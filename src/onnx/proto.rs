@@ -1,0 +1,289 @@
+//! ONNX graph surgery with tract-onnx's protobuf types: find the Linear layers (MatMul with a
+//! rank-2 float initializer as `B`), and rewrite them into standard QDQ form.
+//!
+//! Forms written (all standard ONNX, opset 17):
+//! - per-channel weights: int8 initializer + `DequantizeLinear(axis=1)` (bits < 8 use the int8
+//!   container with codes inside the narrower range);
+//! - group-wise weights: int8 `[K/g, g, N]` -> `Cast` -> `Mul` by scales `[K/g, 1, N]` -> `Reshape`
+//!   (an explicit float subgraph every backend runs; opset-21 blocked DequantizeLinear is refused
+//!   by tract);
+//! - static per-tensor activations: `QuantizeLinear`/`DequantizeLinear` (uint8) for 8 bits, the
+//!   same arithmetic as a float subgraph (`Div`, `Round`, `Add`, `Clip`, `Sub`, `Mul`) below 8 bits;
+//! - dynamic per-token activations: a float subgraph computing min/max over the last axis.
+//!
+//! Only MatMul inputs are touched, so no Q/DQ ever surrounds Softmax (a pattern tract turns into
+//! a wrong lookup table).
+
+use crate::error::{QwmError, Result};
+use prost::Message;
+use tract_onnx::pb::{
+    self, tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto,
+};
+
+/// A Linear layer of an exported graph.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LinearLayer {
+    /// MatMul node name (e.g. `/blocks.0/attn/qkv/MatMul`).
+    pub node: String,
+    /// Weight initializer name.
+    pub weight: String,
+    /// Activation input tensor name.
+    pub input: String,
+    /// Input features.
+    pub k: usize,
+    /// Output features.
+    pub n: usize,
+}
+
+/// How one Linear input is quantized.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum ActQuant {
+    /// Static per-tensor, unsigned asymmetric.
+    Static {
+        /// Bits.
+        bits: u32,
+        /// Scale.
+        scale: f32,
+        /// Zero point in [0, 2^bits - 1].
+        zero_point: f32,
+    },
+    /// Dynamic per-token (min/max over the last axis at run time).
+    PerToken {
+        /// Bits.
+        bits: u32,
+    },
+}
+
+/// Unsigned asymmetric parameters for a range, as the study computes them.
+pub fn act_params(min: f64, max: f64, bits: u32) -> (f32, f32) {
+    let qmax = ((1u64 << bits) - 1) as f64;
+    let scale = ((max - min) / qmax).max(1e-8);
+    let zp = (-(min / scale).round_ties_even()).clamp(0.0, qmax);
+    (scale as f32, zp as f32)
+}
+
+/// Decode an ONNX file.
+pub fn decode(bytes: &[u8], what: &str) -> Result<ModelProto> {
+    ModelProto::decode(bytes)
+        .map_err(|e| QwmError::Usage(format!("{what}: not a valid ONNX protobuf: {e}")))
+}
+
+/// Encode an ONNX model.
+pub fn encode(m: &ModelProto) -> Vec<u8> {
+    m.encode_to_vec()
+}
+
+/// Float values of an initializer.
+pub fn read_f32(t: &TensorProto) -> Result<Vec<f32>> {
+    if t.data_type != DataType::Float as i32 {
+        return Err(QwmError::Usage(format!(
+            "initializer '{}' is not float32",
+            t.name
+        )));
+    }
+    let n: i64 = t.dims.iter().product();
+    let v: Vec<f32> = if !t.raw_data.is_empty() {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    } else {
+        t.float_data.clone()
+    };
+    if v.len() as i64 != n {
+        return Err(QwmError::Usage(format!(
+            "initializer '{}' has {} values for dims {:?}",
+            t.name,
+            v.len(),
+            t.dims
+        )));
+    }
+    Ok(v)
+}
+
+/// Bytes of the float32 initializers of a graph (its weights as stored in f32).
+pub fn float_initializer_bytes(m: &ModelProto) -> u64 {
+    m.graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                .filter(|t| t.data_type == DataType::Float as i32)
+                .map(|t| 4 * t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A float32 initializer.
+pub fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Float as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn i8_tensor(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Int8 as i32,
+        raw_data: data.iter().map(|v| *v as u8).collect(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn u8_tensor(name: &str, dims: &[i64], data: &[u8]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Uint8 as i32,
+        raw_data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn i64_tensor(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Int64 as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A graph input or output of element type `elem` and shape `dims`; a negative dimension is the
+/// symbolic batch (`batch`).
+pub fn value_info(name: &str, elem: DataType, dims: &[i64]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: elem as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(if d < 0 {
+                                Value::DimParam("batch".into())
+                            } else {
+                                Value::DimValue(d)
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn attr_i(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn graph_mut(m: &mut ModelProto) -> Result<&mut pb::GraphProto> {
+    m.graph
+        .as_mut()
+        .ok_or_else(|| QwmError::Usage("ONNX model has no graph".into()))
+}
+
+/// The Linear layers of a graph, in node order.
+pub fn find_linears(m: &ModelProto) -> Vec<LinearLayer> {
+    let Some(g) = m.graph.as_ref() else {
+        return vec![];
+    };
+    let inits: std::collections::HashMap<&str, &TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    g.node
+        .iter()
+        .filter(|n| n.op_type == "MatMul" && n.input.len() == 2)
+        .filter_map(|n| {
+            let w = inits.get(n.input[1].as_str())?;
+            (w.dims.len() == 2 && w.data_type == DataType::Float as i32).then(|| LinearLayer {
+                node: n.name.clone(),
+                weight: w.name.clone(),
+                input: n.input[0].clone(),
+                k: w.dims[0] as usize,
+                n: w.dims[1] as usize,
+            })
+        })
+        .collect()
+}
+
+/// Add graph outputs for intermediate tensors (for calibration).
+pub fn expose(m: &mut ModelProto, tensors: &[String]) -> Result<()> {
+    let g = graph_mut(m)?;
+    for t in tensors {
+        if !g.output.iter().any(|o| &o.name == t) {
+            g.output.push(pb::ValueInfoProto {
+                name: t.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    Ok(())
+}
+
+fn find_initializer<'a>(m: &'a ModelProto, name: &str) -> Result<&'a TensorProto> {
+    m.graph
+        .as_ref()
+        .and_then(|g| g.initializer.iter().find(|t| t.name == name))
+        .ok_or_else(|| QwmError::Usage(format!("initializer '{name}' not found")))
+}
+
+/// Replace a float initializer's values (same shape).
+pub fn set_initializer(m: &mut ModelProto, name: &str, data: &[f32]) -> Result<()> {
+    let dims = find_initializer(m, name)?.dims.clone();
+    let g = graph_mut(m)?;
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == name)
+        .expect("found above");
+    *t = f32_tensor(name, &dims, data);
+    Ok(())
+}
+
+/// Float values of a named initializer.
+pub fn initializer(m: &ModelProto, name: &str) -> Result<Vec<f32>> {
+    read_f32(find_initializer(m, name)?)
+}
