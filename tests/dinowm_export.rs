@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
-use qwm::engine::{make_backend, LoadOptions};
 use qwm::bundle::Bundle;
+use qwm::engine::{make_backend, LoadOptions};
 use qwm::runtime::model::{BatchLatents, Latent, WorldModel};
 use std::path::{Path, PathBuf};
 

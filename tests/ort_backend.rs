@@ -3,8 +3,8 @@
 
 mod common;
 use common::*;
-use qwm::engine::{make_backend, LoadOptions};
 use qwm::bundle::Bundle;
+use qwm::engine::{make_backend, LoadOptions};
 
 /// Tolerance on max |ort - torch| / max |torch| per output (same as tract's).
 const PARITY_REL: f64 = 1e-4;
@@ -335,8 +335,8 @@ fn matmulnbits_accuracy_level_4_is_applied_and_close() {
         };
         quantize_bundle(&cfg, tract.as_ref()).unwrap();
         let b = Bundle::open(&out).unwrap();
-        let rec = &b.manifest.quantization["predictor"]["accuracy_level"];
-        assert_eq!(rec.as_u64(), (level != 0).then_some(level as u64));
+        let rec = b.manifest.quantization.predictor.accuracy_level;
+        assert_eq!(rec, (level != 0).then_some(level));
         let s = ort
             .load(&b.predictor, &LoadOptions::with_threads(1))
             .unwrap();

@@ -5,11 +5,11 @@
 //! then minimized exactly by any plan whose predicted last state equals the goal.
 
 mod common;
-use qwm::engine::{Backend, LoadOptions, Session, Tensor, TensorRef};
 use qwm::bundle::{Bundle, MappedGraph};
+use qwm::engine::{Backend, LoadOptions, Session, Tensor, TensorRef};
+use qwm::plan::{cem::Cem, mppi::Mppi, rng_for, Planner};
 use qwm::runtime::episode::ModelRollout;
 use qwm::runtime::model::{Latent, WorldModel};
-use qwm::plan::{cem::Cem, mppi::Mppi, rng_for, Planner};
 use sha2::Digest;
 
 struct Mock;

@@ -3,8 +3,8 @@
 mod common;
 use common::*;
 use prost::Message;
-use qwm::engine::{make_backend, LoadOptions, TensorRef};
 use qwm::bundle::{Bundle, GraphSpec, MappedGraph, TensorSpec};
+use qwm::engine::{make_backend, LoadOptions, TensorRef};
 use qwm::onnx::proto::{self as qonnx, ActQuant, LinearLayer};
 use qwm::quant::scheme::Scheme;
 use qwm::quant::weights::{quantize_matrix, Observer};
@@ -372,8 +372,12 @@ fn quantized_linear_layer_in_tract_matches_the_reference() {
                     ref_act(&x, scale as f64, zp as f64, ab)
                 }
                 Some((ab, true)) => {
-                    qwm::quant::qdq::rewrite_activation(&mut m, &layer, ActQuant::PerToken { bits: ab })
-                        .unwrap();
+                    qwm::quant::qdq::rewrite_activation(
+                        &mut m,
+                        &layer,
+                        ActQuant::PerToken { bits: ab },
+                    )
+                    .unwrap();
                     let qmax = 2f64.powi(ab as i32) - 1.0;
                     x.chunks(k)
                         .flat_map(|row| {
@@ -519,13 +523,12 @@ fn deploy_form_bundles_match_the_simulate_form() {
             c.form = form;
             quantize_bundle(&c, make_backend("tract").unwrap().as_ref()).unwrap();
             let b = Bundle::open(&out).unwrap();
-            let q = &b.manifest.quantization["predictor"];
-            assert_eq!(q["form"], form.name());
-            let lowered = q["layers"]
-                .as_array()
-                .unwrap()
+            let q = &b.manifest.quantization.predictor;
+            assert_eq!(q.form, Some(form));
+            let lowered = q
+                .layers()
                 .iter()
-                .filter(|l| l["lowering"] == op)
+                .filter(|l| l.lowering.map(|x| format!("{x:?}")).as_deref() == Some(op))
                 .count();
             assert_eq!(
                 lowered > 0,

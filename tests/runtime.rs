@@ -2,8 +2,8 @@
 
 mod common;
 use common::*;
-use qwm::engine::{make_backend, LoadOptions};
 use qwm::bundle::Bundle;
+use qwm::engine::{make_backend, LoadOptions};
 use qwm::runtime::model::{Latent, WorldModel};
 
 /// Tolerance on max |tract - torch| / max |torch| per output.
@@ -253,7 +253,8 @@ fn shipped_pointmaze_and_pusht_models_match_pytorch_and_plan() {
         let dir = format!("models/{env}");
         let b = Bundle::open(&root().join(&dir)).unwrap();
         assert_eq!(b.manifest.env, env);
-        let r = qwm::runtime::verify::verify(&b, make_backend("tract").unwrap().as_ref(), 1).unwrap();
+        let r =
+            qwm::runtime::verify::verify(&b, make_backend("tract").unwrap().as_ref(), 1).unwrap();
         assert!(r.pass(), "{env}: {r:?}");
         let (ok, out, err) = run_qwm(&[
             "plan",
@@ -554,8 +555,8 @@ fn attention_reference(
 #[test]
 fn attention_blocks_match_the_float64_reference_on_every_backend() {
     use prost::Message;
-    use qwm::engine::TensorRef;
     use qwm::bundle::{GraphSpec, MappedGraph, TensorSpec};
+    use qwm::engine::TensorRef;
     let (b, n, h, d) = (3usize, 13usize, 2usize, 8usize);
     let x: Vec<f32> = (0..b * n * h * d)
         .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.5)

@@ -1,12 +1,12 @@
 //! `qwm bench`: time one graph on an engine, or compare bundles side by side (one fresh process
 //! per graph and bundle, so each peak RSS is its own).
 
+use super::args::{resolve_run_settings, RunArgs};
+use crate::bundle::Bundle;
+use crate::engine::{make_backend_with, BackendKind};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use crate::bundle::Bundle;
-use crate::engine::make_backend_with;
-use super::args::{resolve_run_settings, RunArgs};
 
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
@@ -60,7 +60,7 @@ pub struct CompareRow {
     pub encoder: Option<crate::runtime::bench::BenchResult>,
 }
 
-fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> {
+fn bench_compare(args: &BenchArgs, threads: usize, backend: BackendKind) -> Result<()> {
     let graphs: Vec<&str> = match args.graph.as_deref() {
         None | Some("both") => vec!["predictor", "encoder"],
         Some(g @ ("predictor" | "encoder")) => vec![g],
@@ -73,14 +73,7 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> 
     for model in &args.model {
         let b = Bundle::open(model)?;
         let q = &b.manifest.quantization;
-        let desc = |m: &str| {
-            let scheme = q[m]["scheme"].as_str().unwrap_or("float");
-            match q[m]["form"].as_str() {
-                Some(f) if scheme != "float" => format!("{scheme} {f}"),
-                _ => scheme.to_string(),
-            }
-        };
-        let (e, p) = (desc("encoder"), desc("predictor"));
+        let (e, p) = (q.encoder.describe(), q.predictor.describe());
         let form = if e == p {
             e
         } else {
@@ -101,7 +94,7 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> 
             };
             let mut cmd = std::process::Command::new(&exe);
             cmd.arg("bench").arg("--model").arg(model);
-            cmd.args(["--graph", g, "--backend", backend]);
+            cmd.args(["--graph", g, "--backend", backend.name()]);
             cmd.args([
                 "--batch",
                 &batch.to_string(),
@@ -126,8 +119,11 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> 
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-            let r: crate::runtime::bench::BenchResult = serde_json::from_value(v["qwm"].clone())?;
+            let text = std::fs::read_to_string(&json)
+                .with_context(|| format!("reading {}", json.display()))?;
+            let report: crate::runtime::bench::BenchReport = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a qwm bench report", json.display()))?;
+            let r = report.qwm;
             eprintln!("  {} {g}: {:.1} items/s", model.display(), r.items_per_s);
             if *g == "encoder" {
                 row.encoder = Some(r);
@@ -168,16 +164,15 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> 
         } else {
             name
         };
-        let thr =
-            |x: &Option<crate::runtime::bench::BenchResult>, b: &Option<crate::runtime::bench::BenchResult>| match (x, b)
-            {
-                (Some(x), Some(b)) => format!(
-                    "{:.1} {}",
-                    x.items_per_s,
-                    ratio(x.items_per_s, b.items_per_s)
-                ),
-                _ => "-".into(),
-            };
+        let thr = |x: &Option<crate::runtime::bench::BenchResult>,
+                   b: &Option<crate::runtime::bench::BenchResult>| match (x, b) {
+            (Some(x), Some(b)) => format!(
+                "{:.1} {}",
+                x.items_per_s,
+                ratio(x.items_per_s, b.items_per_s)
+            ),
+            _ => "-".into(),
+        };
         // Memory and load time of the predictor process (else the encoder's).
         let m = r.predictor.as_ref().or(r.encoder.as_ref());
         let mb = base.predictor.as_ref().or(base.encoder.as_ref());
@@ -218,12 +213,12 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: &str) -> Result<()> 
 pub fn bench(args: BenchArgs) -> Result<()> {
     let (threads, backend_name, _) = resolve_run_settings(&args.run)?;
     if args.model.len() > 1 || args.graph.as_deref() == Some("both") {
-        return bench_compare(&args, threads, &backend_name);
+        return bench_compare(&args, threads, backend_name);
     }
     let model = args.model[0].clone();
     let graph = args.graph.clone().unwrap_or_else(|| "predictor".into());
     let bundle = Bundle::open(&model)?;
-    let backend = make_backend_with(&backend_name, args.run.ort_lib.as_deref())?;
+    let backend = make_backend_with(backend_name, args.run.ort_lib.as_deref())?;
     let cfg = crate::runtime::bench::BenchConfig {
         graph: graph.clone(),
         batch: args.batch,
@@ -282,10 +277,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         py = Some(p);
     }
     if let Some(path) = &args.json {
-        let v = serde_json::json!({"qwm": r, "onnxruntime_python": py});
+        let v = crate::runtime::bench::BenchReport {
+            onnxruntime_python: py,
+            qwm: r,
+        };
         std::fs::write(path, serde_json::to_string_pretty(&v)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
-

@@ -11,8 +11,8 @@ use std::time::Instant;
 #[command(allow_negative_numbers = true)]
 pub struct DatasetArgs {
     /// Environment: wall, pointmaze or pusht.
-    #[arg(long, default_value = "wall")]
-    pub env: String,
+    #[arg(long, value_enum, default_value_t = crate::env::EnvKind::Wall)]
+    pub env: crate::env::EnvKind,
     /// Number of episodes.
     #[arg(long, default_value_t = 100)]
     pub episodes: usize,
@@ -47,7 +47,7 @@ pub fn dataset(args: DatasetArgs) -> Result<()> {
         out,
     } = args;
     let ds =
-        crate::env::dataset::generate(&env, episodes, steps, seed, image_size, speed_max)?;
+        crate::env::dataset::generate(env.name(), episodes, steps, seed, image_size, speed_max)?;
     ds.write(&out)
         .with_context(|| format!("writing dataset to {}", out.display()))?;
     println!("wrote {episodes} episodes x {steps} steps of {env} ({image_size}x{image_size} frames) to {}", out.display());
@@ -101,4 +101,3 @@ pub fn synth(args: SynthArgs) -> Result<()> {
     );
     Ok(())
 }
-

@@ -1,16 +1,15 @@
 //! `qwm fit`: per-layer weight bits under a memory budget, the fitted bundle, and a planning check
 //! against the best uniform scheme of at most the same size.
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
-use crate::bundle::Bundle;
-use crate::engine::{make_backend, make_backend_with};
-use crate::plan::PlannerKind;
-use indicatif::{ProgressBar, ProgressStyle};
 use super::args::{default_threads, RunArgs};
 use super::plan::{plan, PlanArgs};
+use crate::bundle::Bundle;
+use crate::engine::{make_backend, make_backend_with};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct FitArgs {
@@ -44,8 +43,8 @@ pub struct FitArgs {
     #[arg(long, default_value_t = 20)]
     pub episodes: usize,
     /// Execution engine: tract or ort.
-    #[arg(long, default_value = "tract")]
-    pub backend: String,
+    #[arg(long, value_enum, default_value_t = crate::engine::BackendKind::Tract)]
+    pub backend: crate::engine::BackendKind,
     /// Worker threads (default: available cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -66,7 +65,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         bail!("--options: give at least one scheme");
     }
     let threads = default_threads(args.threads)?;
-    let backend = make_backend_with(&args.backend, args.ort_lib.as_deref())?;
+    let backend = make_backend_with(args.backend, args.ort_lib.as_deref())?;
     let cfg = fit::FitConfig {
         options,
         tasks: args.tasks,
@@ -222,37 +221,23 @@ pub fn fit(args: FitArgs) -> Result<()> {
     let mut rates = Vec::new();
     for (name, dir) in [("fit", &args.out), ("uniform", &uniform_dir)] {
         let json = dir.join("plan.json");
-        plan(PlanArgs {
+        let summary = plan(PlanArgs {
             model: dir.clone(),
-            env: None,
             episodes: args.episodes,
             seed: args.seed,
-            planner: PlannerKind::Cem,
-            samples: 300,
-            topk: 30,
-            opt_steps: 10,
-            horizon: 5,
-            n_taken: 5,
             max_iter: 10,
-            var_scale: 1.0,
-            temperature: 0.1,
-            chunk: None,
             run: RunArgs {
                 threads: Some(threads),
-                backend: Some(args.backend.clone()),
+                backend: Some(args.backend),
                 ort_lib: args.ort_lib.clone(),
                 ..RunArgs::default()
             },
             json: Some(json.clone()),
             resume: true,
-            save_frames: None,
+            ..PlanArgs::default()
         })
         .with_context(|| format!("planning with the {name} bundle"))?;
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-        rates.push((
-            name,
-            v["summary"]["success_rate"].as_f64().unwrap_or(f64::NAN),
-        ));
+        rates.push((name, summary.success_rate));
     }
     println!(
         "fit check over {} episodes: fit success {:.2} ({}), uniform {} success {:.2} ({})",
@@ -265,4 +250,3 @@ pub fn fit(args: FitArgs) -> Result<()> {
     );
     Ok(())
 }
-

@@ -1,11 +1,11 @@
 //! `qwm inspect` (a bundle's manifest and quantization record) and `qwm verify` (parity with
 //! the bundle's PyTorch fixtures).
 
+use crate::bundle::Bundle;
+use crate::engine::make_backend_with;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use crate::bundle::Bundle;
-use crate::engine::make_backend_with;
 
 /// Flags of `qwm inspect`.
 #[derive(Args, Debug)]
@@ -16,9 +16,7 @@ pub struct InspectArgs {
 
 /// `qwm inspect`.
 pub fn inspect(args: InspectArgs) -> Result<()> {
-    let InspectArgs {
-        model,
-    } = args;
+    let InspectArgs { model } = args;
     let b = Bundle::open(&model)?;
     let m = &b.manifest;
     println!(
@@ -27,10 +25,23 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         m.format_version,
         m.env
     );
-    println!("  image {}x{}, {} tokens x {} + proprio emb {}{}, num_hist {}, frameskip {}, action {}x{}",
-        m.image_size, m.image_size, m.num_patches, m.visual_dim, m.proprio_emb_dim,
-        if m.proprio_tokens > 1 { format!(" per token (x{})", m.proprio_tokens) } else { String::new() },
-        m.num_hist, m.frameskip, m.action_dim, m.frameskip);
+    println!(
+        "  image {}x{}, {} tokens x {} + proprio emb {}{}, num_hist {}, frameskip {}, action {}x{}",
+        m.image_size,
+        m.image_size,
+        m.num_patches,
+        m.visual_dim,
+        m.proprio_emb_dim,
+        if m.proprio_tokens > 1 {
+            format!(" per token (x{})", m.proprio_tokens)
+        } else {
+            String::new()
+        },
+        m.num_hist,
+        m.frameskip,
+        m.action_dim,
+        m.frameskip
+    );
     for (role, g) in [
         ("encoder", &m.graphs.encoder),
         ("predictor", &m.graphs.predictor),
@@ -43,39 +54,35 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             println!("    out {} {:?}", t.name, t.shape);
         }
     }
-    for module in ["encoder", "predictor"] {
-        let q = &m.quantization[module];
+    for role in crate::bundle::Role::BOTH {
+        let q = m.quantization.module(role);
         println!(
-            "  {module}: scheme {} method {} form {}",
-            q["scheme"].as_str().unwrap_or("float"),
-            q["method"].as_str().unwrap_or("-"),
-            q["form"].as_str().unwrap_or("-")
+            "  {role}: scheme {} method {} form {}",
+            q.scheme,
+            q.method.map(|m| m.name()).unwrap_or("-"),
+            q.form.map(|f| f.name()).unwrap_or("-")
         );
-        let (mut packed, mut float) = (0u64, 0u64);
-        for l in q["layers"].as_array().map(|v| v.as_slice()).unwrap_or(&[]) {
-            packed += l["weight_bytes_packed"].as_u64().unwrap_or(0);
-            float += l["weight_bytes_float"].as_u64().unwrap_or(0);
+        for l in q.layers() {
             println!(
-                "    {:<32} {:>4}x{:<4} w{} {:<9} scales [{:.2e}, {:.2e}] act {}{}",
-                l["node"].as_str().unwrap_or("?"),
-                l["shape"][0],
-                l["shape"][1],
-                l["weight_bits"],
-                l["group"]
-                    .as_u64()
+                "    {:<32} {}x{} w{} {:<9} scales [{:.2e}, {:.2e}] act {}{}",
+                l.node,
+                l.shape[0],
+                l.shape[1],
+                l.weight_bits,
+                l.group
                     .map(|g| format!("group {g}"))
                     .unwrap_or_else(|| "per-chan".into()),
-                l["scale_range"][0].as_f64().unwrap_or(f64::NAN),
-                l["scale_range"][1].as_f64().unwrap_or(f64::NAN),
-                l["activation"],
-                l["lowering"]
-                    .as_str()
-                    .map(|o| format!(" -> {o}"))
-                    .unwrap_or_default(),
+                l.scale_range[0],
+                l.scale_range[1],
+                l.activation
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "null".into()),
+                l.lowering.map(|o| format!(" -> {o:?}")).unwrap_or_default(),
             );
         }
+        let (packed, float) = q.weight_bytes();
         if float > 0 {
-            let note = if q["form"] == "deploy" {
+            let note = if q.form == Some(crate::bundle::Form::Deploy) {
                 "deploy form: integer / packed operators"
             } else {
                 "simulate form: weights expanded to float when loaded"
@@ -97,8 +104,8 @@ pub struct VerifyArgs {
     #[arg(long, default_value = "models/wall")]
     pub model: PathBuf,
     /// Execution engine: tract or ort.
-    #[arg(long, default_value = "tract")]
-    pub backend: String,
+    #[arg(long, value_enum, default_value_t = crate::engine::BackendKind::Tract)]
+    pub backend: crate::engine::BackendKind,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -120,7 +127,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         json,
     } = args;
     let b = Bundle::open(&model)?;
-    let be = make_backend_with(&backend, ort_lib.as_deref())?;
+    let be = make_backend_with(backend, ort_lib.as_deref())?;
     let r = crate::runtime::verify::verify(&b, be.as_ref(), threads.max(1))?;
     println!("{} on {}:", model.display(), r.backend);
     for c in &r.checks {
@@ -146,4 +153,3 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     }
     Ok(())
 }
-

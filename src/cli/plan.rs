@@ -1,84 +1,23 @@
 //! `qwm plan`: headless MPC episodes with a world model, a human summary and a JSON report
 //! (rewritten after every episode; `--resume` continues an interrupted run).
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use super::args::resolve_run_settings;
+use super::STARTED;
 use crate::bundle::Bundle;
 use crate::engine::make_backend_with;
 use crate::plan::{cem::Cem, mppi::Mppi, Planner, PlannerKind};
 use crate::runtime::episode::{run_episode, MpcConfig};
 use crate::runtime::model::WorldModel;
+use crate::runtime::report::{PlanConfig, PlanReport, Summary};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use super::args::{resolve_run_settings, RunArgs};
-use super::STARTED;
+use std::path::Path;
+use std::time::Instant;
 
-#[derive(Args, Debug, serde::Serialize)]
-#[command(allow_negative_numbers = true)]
-pub struct PlanArgs {
-    /// Bundle folder (manifest.json + encoder.onnx + predictor.onnx).
-    #[arg(long, default_value = "models/wall")]
-    pub model: PathBuf,
-    /// Environment (defaults to the one the model was trained on).
-    #[arg(long)]
-    pub env: Option<String>,
-    /// Episodes to run (the default is a short demonstration; evaluations use 50).
-    #[arg(long, default_value_t = 3)]
-    pub episodes: usize,
-    /// Seed: episode i uses task seed 99 * (seed + i) + 1 (DINO-WM's evaluation seeds for seed 0)
-    /// and planner noise derived from the seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Planner.
-    #[arg(long, value_enum, default_value_t = PlannerKind::Cem)]
-    pub planner: PlannerKind,
-    /// Candidates per optimization step.
-    #[arg(long, default_value_t = 300)]
-    pub samples: usize,
-    /// CEM elites.
-    #[arg(long, default_value_t = 30)]
-    pub topk: usize,
-    /// Optimization steps per plan.
-    #[arg(long, default_value_t = 10)]
-    pub opt_steps: usize,
-    /// Planning horizon (model steps; each is frameskip environment steps).
-    #[arg(long, default_value_t = 5)]
-    pub horizon: usize,
-    /// Planned model actions executed per MPC step.
-    #[arg(long, default_value_t = 5)]
-    pub n_taken: usize,
-    /// Most MPC steps per episode.
-    #[arg(long, default_value_t = 10)]
-    pub max_iter: usize,
-    /// CEM initial std / MPPI noise (normalized action units).
-    #[arg(long, default_value_t = 1.0)]
-    pub var_scale: f32,
-    /// MPPI temperature relative to the spread of objectives.
-    #[arg(long, default_value_t = 0.1)]
-    pub temperature: f32,
-    /// Candidates per predictor call (default: all samples at once).
-    #[arg(long)]
-    pub chunk: Option<usize>,
-    #[command(flatten)]
-    #[serde(flatten)]
-    pub run: RunArgs,
-    /// Write the full report as JSON (rewritten after every episode, so an interrupted run keeps
-    /// its finished episodes).
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Continue an interrupted run: keep the finished episodes in the --json file (which must come
-    /// from the same settings) and run only the rest. Episodes are independent (each has its own
-    /// seeds), so the result equals an uninterrupted run's.
-    #[arg(long, requires = "json")]
-    pub resume: bool,
-    /// Write each episode's observed frames (and goal) as PNG files under this folder.
-    #[arg(long)]
-    pub save_frames: Option<PathBuf>,
-}
+pub use crate::runtime::settings::PlanArgs;
 
-
-pub fn plan(args: PlanArgs) -> Result<()> {
+/// Run `qwm plan`; returns the summary it printed.
+pub fn plan(args: PlanArgs) -> Result<Summary> {
     if args.episodes == 0 {
         bail!("--episodes must be at least 1");
     }
@@ -111,13 +50,13 @@ pub fn plan(args: PlanArgs) -> Result<()> {
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
         let _ = std::fs::remove_file(&tmp);
     }
-    let backend = make_backend_with(&backend_name, args.run.ort_lib.as_deref())?;
+    let backend = make_backend_with(backend_name, args.run.ort_lib.as_deref())?;
     let t0 = Instant::now();
     let bundle = Bundle::open(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let env_name = args
         .env
-        .clone()
+        .map(|e| e.name().to_string())
         .unwrap_or_else(|| bundle.manifest.env.clone());
     if env_name != bundle.manifest.env {
         bail!(
@@ -147,8 +86,13 @@ pub fn plan(args: PlanArgs) -> Result<()> {
         // Predict the peak of one CEM chunk and fit the chunk to the limit (results do not depend
         // on the chunk; only speed and memory do).
         let cost = crate::runtime::budget::measure(&mut wm, threads)?;
-        let (fit, predicted) =
-            crate::runtime::budget::choose_chunk(&cost, &wm, l as usize, args.samples, args.horizon)?;
+        let (fit, predicted) = crate::runtime::budget::choose_chunk(
+            &cost,
+            &wm,
+            l as usize,
+            args.samples,
+            args.horizon,
+        )?;
         if let Some(c) = args.chunk {
             if c > fit {
                 bail!(
@@ -200,34 +144,42 @@ pub fn plan(args: PlanArgs) -> Result<()> {
         }
         pb.set_position(results.len() as u64);
     }
-    let config = serde_json::json!({"args": &args, "threads": threads, "env": env_name});
-    let write_report = |results: &[crate::runtime::episode::EpisodeResult], complete: bool| -> Result<()> {
-        let Some(path) = &args.json else {
-            return Ok(());
-        };
-        let report = crate::runtime::report::PlanReport {
-            qwm_version: env!("CARGO_PKG_VERSION").to_string(),
-            config: config.clone(),
-            load_time_s,
-            load_peak_rss_bytes: load_peak,
-            episodes: results.to_vec(),
-            summary: crate::runtime::report::summarize(results, crate::util::proc::peak_rss_bytes()),
-            complete,
-        };
-        let text = serde_json::to_string_pretty(&report)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text)
-            .with_context(|| format!("--json: cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("--json: cannot write {}", path.display()))?;
-        Ok(())
+    let config = PlanConfig {
+        args: args.clone(),
+        env: env_name.clone(),
+        threads,
     };
+    let write_report =
+        |results: &[crate::runtime::episode::EpisodeResult], complete: bool| -> Result<()> {
+            let Some(path) = &args.json else {
+                return Ok(());
+            };
+            let report = crate::runtime::report::PlanReport {
+                qwm_version: env!("CARGO_PKG_VERSION").to_string(),
+                config: config.clone(),
+                load_time_s,
+                load_peak_rss_bytes: load_peak,
+                episodes: results.to_vec(),
+                summary: crate::runtime::report::summarize(
+                    results,
+                    crate::util::proc::peak_rss_bytes(),
+                ),
+                complete,
+            };
+            let text = serde_json::to_string_pretty(&report)?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, text)
+                .with_context(|| format!("--json: cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("--json: cannot write {}", path.display()))?;
+            Ok(())
+        };
     // Start-up to the first plan: process start to the first episode's first action (loading, the
     // first observation's encoding and the first CEM plan; the reset and render, microseconds,
     // are left out).
     let mut first_plan_s: Option<f64> = None;
     for i in results.len()..args.episodes {
-        let task_seed = 99 * (args.seed + i as u64) + 1;
+        let task_seed = crate::env::TaskSeeds::evaluation(args.seed, i);
         let mut frames = args.save_frames.as_ref().map(|_| Vec::new());
         let episode_started = Instant::now();
         let r = run_episode(
@@ -285,31 +237,30 @@ pub fn plan(args: PlanArgs) -> Result<()> {
         println!("  start-up to 1st plan  {s:.3} s (process start to the first action)");
     }
     write_report(&results, true)?;
-    Ok(())
+    Ok(summary)
 }
 
-pub fn previous_episodes(path: &Path, args: &PlanArgs) -> Result<Vec<crate::runtime::episode::EpisodeResult>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--resume: cannot read {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("--resume: {} is not a qwm plan report", path.display()))?;
-    let mut want = serde_json::to_value(args)?;
-    let mut have = v["config"]["args"].clone();
-    for a in [&mut want, &mut have] {
-        if let Some(o) = a.as_object_mut() {
-            o.remove("resume");
-            o.remove("episodes");
-        }
-    }
-    if want != have {
+/// Finished episodes of an interrupted `--json` report, if it was written with the same settings.
+pub fn previous_episodes(
+    path: &Path,
+    args: &PlanArgs,
+) -> Result<Vec<crate::runtime::episode::EpisodeResult>> {
+    let report = PlanReport::read(path).context("--resume")?;
+    // The episode count and --resume itself may differ between the runs.
+    let comparable = |a: &PlanArgs| PlanArgs {
+        episodes: 0,
+        resume: false,
+        ..a.clone()
+    };
+    let have = &report.config.args;
+    if comparable(args) != comparable(have) {
         bail!(
             "--resume: {} was written with different settings ({}); use another --json file or drop --resume",
             path.display(),
-            have
+            serde_json::to_string(have)?
         );
     }
-    let eps: Vec<crate::runtime::episode::EpisodeResult> = serde_json::from_value(v["episodes"].clone())
-        .with_context(|| format!("--resume: episodes in {} are unreadable", path.display()))?;
+    let eps = report.episodes;
     if eps.len() > args.episodes {
         bail!(
             "--resume: {} already has {} episodes, more than --episodes {}",
@@ -336,4 +287,3 @@ pub fn write_png(path: &Path, f: &crate::env::Frame) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
-

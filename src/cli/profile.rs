@@ -1,16 +1,16 @@
 //! `qwm profile`: where time and memory go (load, resident weights, activation peak, per-module
 //! time over a short planning run, per-operator time).
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
-use std::path::PathBuf;
-use std::time::Instant;
+use super::args::{resolve_run_settings, RunArgs};
 use crate::bundle::Bundle;
-use crate::engine::make_backend_with;
+use crate::engine::{make_backend_with, BackendKind};
 use crate::plan::cem::Cem;
 use crate::runtime::episode::{run_episode, MpcConfig};
 use crate::runtime::model::WorldModel;
-use super::args::{resolve_run_settings, RunArgs};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
@@ -60,7 +60,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         chunk: args.chunk.unwrap_or(args.samples),
     };
     cfg.validate()?;
-    let backend = make_backend_with(&backend_name, args.run.ort_lib.as_deref())?;
+    let backend = make_backend_with(backend_name, args.run.ort_lib.as_deref())?;
     let heap0 = crate::util::mem::current_bytes() as u64;
     let t0 = Instant::now();
     let bundle = Bundle::open(&args.model)
@@ -72,8 +72,13 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     let file_bytes = bundle.file_bytes();
     if let Some(l) = mem_limit {
         let cost = crate::runtime::budget::measure(&mut wm, threads)?;
-        let (fit, _) =
-            crate::runtime::budget::choose_chunk(&cost, &wm, l as usize, args.samples, args.horizon)?;
+        let (fit, _) = crate::runtime::budget::choose_chunk(
+            &cost,
+            &wm,
+            l as usize,
+            args.samples,
+            args.horizon,
+        )?;
         cfg.chunk = args.chunk.unwrap_or(fit).min(fit);
     }
     let mut env = crate::env::make_env(&bundle.manifest.env)?;
@@ -83,8 +88,9 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         .context("the timed planning episode")?;
     let heap_peak = crate::util::mem::peak_bytes() as u64;
     let steps = r.timings.len().max(1) as f64;
-    let sum =
-        |f: &dyn Fn(&crate::runtime::episode::StepTiming) -> f64| r.timings.iter().map(f).sum::<f64>() / steps;
+    let sum = |f: &dyn Fn(&crate::runtime::episode::StepTiming) -> f64| {
+        r.timings.iter().map(f).sum::<f64>() / steps
+    };
     let (enc, plan_s, pred, env_s) = (
         sum(&|t| t.encode_s),
         sum(&|t| t.plan_s),
@@ -135,12 +141,12 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     if args.reps > 0 {
         let part = cfg.chunk.div_ceil(threads);
         for (graph, batch) in [(&bundle.encoder, 1), (&bundle.predictor, cfg.chunk)] {
-            let p = op_profile(&backend_name, &args, graph, batch, part, threads)?;
+            let p = op_profile(backend_name, &args, graph, batch, part, threads)?;
             println!(
                 "operators of {} at batch {} ({}): {:.2} ms per call",
                 p.graph,
                 p.batch,
-                if backend_name == "tract" {
+                if backend_name == BackendKind::Tract {
                     "tract's plan node by node, one thread's share of the call"
                 } else {
                     "ONNX Runtime's profiler, kernel times"
@@ -196,7 +202,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
 /// Per-operator profile of one graph: tract evaluates its plan node by node at one thread's
 /// share of the batch (`part`); ONNX Runtime profiles whole calls with its own profiler.
 fn op_profile(
-    backend: &str,
+    backend: BackendKind,
     args: &ProfileArgs,
     graph: &crate::bundle::MappedGraph,
     batch: usize,
@@ -205,18 +211,18 @@ fn op_profile(
 ) -> Result<crate::engine::OpProfile> {
     let _ = threads;
     match backend {
-        "tract" => Ok(crate::engine::tract::op_profile(
+        BackendKind::Tract => Ok(crate::engine::tract::op_profile(
             graph,
             if batch == 1 { 1 } else { part },
             args.reps,
             args.top,
         )?),
         #[cfg(feature = "ort")]
-        "ort" => Ok(
+        BackendKind::Ort => Ok(
             crate::engine::ort::OrtBackend::new(args.run.ort_lib.as_deref())?
                 .op_profile(graph, batch, threads, args.reps, args.top)?,
         ),
-        other => bail!("--backend {other}: no per-operator profile for this backend"),
+        #[cfg(not(feature = "ort"))]
+        other => anyhow::bail!("--backend {other}: no per-operator profile for this backend"),
     }
 }
-

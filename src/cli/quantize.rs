@@ -1,10 +1,10 @@
 //! `qwm quantize`: flags resolved into a [`crate::quant::QuantizeConfig`], then one call.
 
+use crate::engine::make_backend;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
-use crate::engine::make_backend;
 
 /// Flags of `qwm quantize`.
 #[derive(Args, Debug)]
@@ -28,8 +28,8 @@ pub struct QuantizeArgs {
     /// Form: `simulate` (faithful QDQ fake quantization: measures accuracy) or `deploy` (the
     /// same function on integer / packed operators: w4-g16..128 as com.microsoft MatMulNBits,
     /// w8a8 static as MatMulInteger; other schemes are refused).
-    #[arg(long, default_value = "simulate")]
-    pub form: String,
+    #[arg(long, value_enum, default_value_t = crate::bundle::Form::Simulate)]
+    pub form: crate::bundle::Form,
     /// ONNX Runtime's MatMulNBits accuracy level for the deploy form's 4-bit layers: 0 (float
     /// activations: the scheme's exact function) or 4 (int8 activations per block: faster on
     /// ONNX Runtime, approximate; tract ignores it).
@@ -68,7 +68,6 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         smooth_alpha,
         threads,
     } = args;
-    let form = crate::quant::Form::parse(&form)?;
     let cfg = crate::quant::QuantizeConfig {
         model: model.clone(),
         out: out.clone(),
@@ -101,4 +100,3 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     );
     Ok(())
 }
-

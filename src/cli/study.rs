@@ -1,10 +1,10 @@
 //! `qwm study` (a grid of quantization settings x planner budgets, resumable and shardable) and
 //! `qwm report` (merged results into tables and plots).
 
+use super::args::default_threads;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use super::args::default_threads;
 
 #[derive(Args, Debug)]
 pub struct StudyArgs {
@@ -24,8 +24,8 @@ pub struct StudyArgs {
     #[arg(long)]
     pub episodes: Option<usize>,
     /// Execution engine for every cell, overriding the config: tract or ort.
-    #[arg(long)]
-    pub backend: Option<String>,
+    #[arg(long, value_enum)]
+    pub backend: Option<crate::engine::BackendKind>,
     /// Run only slice K of N (K 0-based) of the id-sorted cells, into
     /// results.shard-K-of-N.jsonl: one array task per shard on a cluster, then `qwm report`.
     #[arg(long)]
@@ -55,9 +55,8 @@ pub fn study(args: StudyArgs) -> Result<()> {
             g.episodes = Some(e);
         }
     }
-    if let Some(b) = &args.backend {
-        config.backend = b.clone();
-        config.validate().context("--backend")?;
+    if let Some(b) = args.backend {
+        config.backend = b;
     }
     let shard = args
         .shard
@@ -138,8 +137,6 @@ pub fn study(args: StudyArgs) -> Result<()> {
     Ok(())
 }
 
-
-
 /// Flags of `qwm report`.
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -156,11 +153,7 @@ pub struct ReportArgs {
 
 /// `qwm report`.
 pub fn report(args: ReportArgs) -> Result<()> {
-    let ReportArgs {
-        results,
-        out,
-        font,
-    } = args;
+    let ReportArgs { results, out, font } = args;
     let mut files = Vec::new();
     for r in &results {
         if r.is_dir() {
@@ -186,4 +179,3 @@ pub fn report(args: ReportArgs) -> Result<()> {
     );
     Ok(())
 }
-

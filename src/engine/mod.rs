@@ -102,6 +102,55 @@ pub trait Backend: Send + Sync {
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>>;
 }
 
+/// The execution engines qwm knows (whether this build has `ort` is [`backend_names`]).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// tract: pure Rust, the default.
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded at run time (cargo feature `ort`).
+    Ort,
+}
+
+impl BackendKind {
+    /// Lower-case name (`tract`, `ort`), as flags, reports and board profiles write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Ort => "ort",
+        }
+    }
+
+    /// Parse a name; the error names `what` (a flag or a file field).
+    pub fn parse(name: &str, what: &str) -> Result<BackendKind> {
+        match name {
+            "tract" => Ok(BackendKind::Tract),
+            "ort" => Ok(BackendKind::Ort),
+            other => Err(QwmError::Usage(format!(
+                "{what} {other}: unknown backend (this build has: {})",
+                backend_names().join(", ")
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Names of the backends in this build.
 pub fn backend_names() -> Vec<&'static str> {
     if cfg!(feature = "ort") {
@@ -111,29 +160,26 @@ pub fn backend_names() -> Vec<&'static str> {
     }
 }
 
-/// Build a backend by name (`ort_lib`: explicit path of libonnxruntime, for the ort backend).
+/// Build a backend by name (library and test convenience; the command line passes a
+/// [`BackendKind`] to [`make_backend_with`]).
 pub fn make_backend(name: &str) -> Result<Box<dyn Backend>> {
-    make_backend_with(name, None)
+    make_backend_with(BackendKind::parse(name, "--backend")?, None)
 }
 
-/// Build a backend by name, with an explicit ONNX Runtime library path for `ort`.
+/// Build a backend, with an explicit ONNX Runtime library path (`ort_lib`) for `ort`.
 pub fn make_backend_with(
-    name: &str,
+    kind: BackendKind,
     ort_lib: Option<&std::path::Path>,
 ) -> Result<Box<dyn Backend>> {
     let _ = ort_lib;
-    match name {
-        "tract" => Ok(Box::new(tract::TractBackend)),
+    match kind {
+        BackendKind::Tract => Ok(Box::new(tract::TractBackend)),
         #[cfg(feature = "ort")]
-        "ort" => Ok(Box::new(ort::OrtBackend::new(ort_lib)?)),
+        BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(ort_lib)?)),
         #[cfg(not(feature = "ort"))]
-        "ort" => Err(QwmError::Usage(
+        BackendKind::Ort => Err(QwmError::Usage(
             "--backend ort: this qwm was built without the `ort` feature (rebuild with --features ort)".into(),
         )),
-        other => Err(QwmError::Usage(format!(
-            "--backend {other}: unknown backend (this build has: {})",
-            backend_names().join(", ")
-        ))),
     }
 }
 

@@ -159,26 +159,44 @@ impl OrtBackend {
         let text = std::fs::read_to_string(&file).map_err(|e| QwmError::io(&file, e));
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(&file);
-        let events: serde_json::Value = serde_json::from_str(&text?)
+        let events: Vec<ProfileEvent> = serde_json::from_str(&text?)
             .map_err(|e| err(&name, format!("profiler output {file}: {e}")))?;
         super::summarize_op_times(&name, batch, total, reps, kernel_times(&events), top)
     }
 }
 
+/// One event of ONNX Runtime's profiler output (a Chrome trace: a JSON array of events); only
+/// the fields qwm reads.
+#[derive(serde::Deserialize)]
+struct ProfileEvent {
+    #[serde(default)]
+    cat: String,
+    #[serde(default)]
+    name: String,
+    /// Microseconds.
+    #[serde(default)]
+    dur: Option<f64>,
+    #[serde(default)]
+    args: ProfileArgs,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ProfileArgs {
+    #[serde(default)]
+    op_name: Option<String>,
+}
+
 /// `(node, op, seconds)` of every node kernel event in an ONNX Runtime profile.
-fn kernel_times(events: &serde_json::Value) -> Vec<(String, String, f64)> {
+fn kernel_times(events: &[ProfileEvent]) -> Vec<(String, String, f64)> {
     events
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or(&[])
         .iter()
-        .filter(|e| e["cat"] == "Node")
+        .filter(|e| e.cat == "Node")
         .filter_map(|e| {
-            let n = e["name"].as_str()?.strip_suffix("_kernel_time")?;
+            let n = e.name.strip_suffix("_kernel_time")?;
             Some((
                 n.to_string(),
-                e["args"]["op_name"].as_str().unwrap_or("?").to_string(),
-                e["dur"].as_f64()? * 1e-6,
+                e.args.op_name.clone().unwrap_or_else(|| "?".into()),
+                e.dur? * 1e-6,
             ))
         })
         .collect()

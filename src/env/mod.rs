@@ -82,3 +82,50 @@ pub fn make_env(name: &str) -> Result<Box<dyn Env>> {
         ))),
     }
 }
+
+/// qwm's simulated environments, as `--env` names them.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvKind {
+    /// Two rooms joined by a door (DINO-WM's Wall).
+    Wall,
+    /// A point mass in a maze (D4RL's PointMaze).
+    Pointmaze,
+    /// Push a T-shaped block onto a target pose.
+    Pusht,
+}
+
+impl EnvKind {
+    /// Lower-case name, as manifests and flags write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EnvKind::Wall => "wall",
+            EnvKind::Pointmaze => "pointmaze",
+            EnvKind::Pusht => "pusht",
+        }
+    }
+}
+
+impl std::fmt::Display for EnvKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The task seeds of qwm's runs: evaluations use DINO-WM's evaluation seeds (`99 n + 1` for seed
+/// 0), calibrations (quantization statistics, `qwm fit`'s probes) a disjoint set (`99 n + 2`).
+pub struct TaskSeeds;
+
+impl TaskSeeds {
+    /// Episode `episode` of an evaluation run with seed `seed`: `99 (seed + episode) + 1`.
+    pub fn evaluation(seed: u64, episode: usize) -> u64 {
+        99 * (seed + episode as u64) + 1
+    }
+
+    /// Calibration episode `n`: `99 n + 2`, never an evaluation seed.
+    pub fn calibration(n: usize) -> u64 {
+        99 * n as u64 + 2
+    }
+}

@@ -70,6 +70,16 @@ pub enum PlannerKind {
     Mppi,
 }
 
+impl PlannerKind {
+    /// Lower-case name, as `--planner` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlannerKind::Cem => "cem",
+            PlannerKind::Mppi => "mppi",
+        }
+    }
+}
+
 /// Indices of finite scores sorted ascending, followed by non-finite ones.
 pub fn rank(scores: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();

@@ -124,4 +124,3 @@ mod tests {
         assert_eq!(s.sample.len(), 1);
     }
 }
-

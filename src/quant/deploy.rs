@@ -14,20 +14,13 @@
 //!
 //! Other schemes have no deploy form yet and are refused by name.
 
-use crate::onnx::proto::{attr_i, f32_tensor, graph_mut, i8_tensor, node, u8_tensor, LinearLayer};
 use super::scheme::Scheme;
 use super::weights::QuantWeight;
 use crate::error::{QwmError, Result};
+use crate::onnx::proto::{attr_i, f32_tensor, graph_mut, i8_tensor, node, u8_tensor, LinearLayer};
 use tract_onnx::pb::{self, tensor_proto::DataType, ModelProto, OperatorSetIdProto};
 
-/// How a layer runs in the deploy form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Lowering {
-    /// `com.microsoft.MatMulNBits`, 4-bit weights in blocks.
-    MatMulNBits,
-    /// `QuantizeLinear` + `MatMulInteger` + rescale.
-    MatMulInteger,
-}
+pub use crate::bundle::record::Lowering;
 
 /// The deploy lowering for a scheme, or an error naming what is available.
 pub fn lowering_for(scheme: Scheme) -> Result<Lowering> {

@@ -15,14 +15,14 @@
 //!    the additivity assumption and the gain over the best uniform scheme of at most the same size
 //!    are reported; `qwm fit` then plans episodes with both (see the command).
 
-use crate::onnx::proto::{self as onnx, LinearLayer};
 use super::qdq;
 use super::scheme::Scheme;
 use super::weights::{quantize_matrix, Observer};
-use crate::engine::{Backend, LoadOptions};
 use crate::bundle::Bundle;
+use crate::engine::{Backend, LoadOptions};
 use crate::env::Frame;
 use crate::error::{QwmError, Result};
+use crate::onnx::proto::{self as onnx, LinearLayer};
 use crate::runtime::model::WorldModel;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -121,7 +121,7 @@ fn make_probe(wm: &WorldModel, cfg: &FitConfig) -> Result<Probe> {
     let size = wm.manifest.image_size;
     let mut tasks = Vec::new();
     for n in 0..cfg.tasks {
-        let task = env.sample_task(99 * n as u64 + 2);
+        let task = env.sample_task(crate::env::TaskSeeds::calibration(n));
         tasks.push(ProbeTask {
             obs: (
                 env.render_state(&task.start, size),

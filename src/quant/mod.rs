@@ -7,18 +7,20 @@
 
 pub mod calib;
 pub mod deploy;
-pub mod qdq;
 pub mod fit;
+pub mod qdq;
 pub mod scheme;
 pub mod weights;
 
+use crate::bundle::record::{CalibRecord, QuantRecord};
+use crate::bundle::{sha256_file, Bundle, Manifest, Role};
 use crate::engine::{Backend, LoadOptions};
-use crate::bundle::{sha256_file, Bundle, Manifest};
-use crate::runtime::episode::{run_episode, MpcConfig};
+use crate::env::TaskSeeds;
 use crate::error::{QwmError, Result};
-use crate::runtime::model::WorldModel;
-use crate::plan::cem::Cem;
 use crate::onnx::proto as onnx;
+use crate::plan::cem::Cem;
+use crate::runtime::episode::{run_episode, MpcConfig};
+use crate::runtime::model::WorldModel;
 use calib::{Calibration, TensorStats};
 use onnx::{ActQuant, LinearLayer};
 use scheme::Scheme;
@@ -26,54 +28,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use weights::{quantize_matrix, Observer};
 
-/// Quantization methods.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Round to nearest with min-max ranges.
-    Rtn,
-    /// MSE-optimal clipping of weights (and activation ranges).
-    Omse,
-    /// Activation-aware weight scaling (per input channel, searched on calibration samples).
-    Awq,
-    /// SmoothQuant: migrate activation outliers into the weights (needs activation bits).
-    Smoothquant,
-    /// GPTQ (beyond the study): not implemented yet.
-    Gptq,
-}
-
-/// The graph form `qwm quantize` writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Form {
-    /// QuantizeLinear/DequantizeLinear around float matmuls: measures accuracy, runs at float
-    /// speed (or slower).
-    #[default]
-    Simulate,
-    /// The same function on integer / packed low-bit operators (see [`deploy`]).
-    Deploy,
-}
-
-impl Form {
-    /// Parse `simulate` or `deploy`.
-    pub fn parse(s: &str) -> Result<Form> {
-        match s {
-            "simulate" => Ok(Form::Simulate),
-            "deploy" => Ok(Form::Deploy),
-            other => Err(QwmError::Usage(format!(
-                "--form {other}: expected simulate or deploy"
-            ))),
-        }
-    }
-
-    /// The name written into manifests.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Form::Simulate => "simulate",
-            Form::Deploy => "deploy",
-        }
-    }
-}
+pub use crate::bundle::record::{Form, LayerRecord, Method, ModuleRecord};
 
 /// What `qwm quantize` needs.
 #[derive(Clone, Debug, Serialize)]
@@ -127,50 +82,6 @@ impl QuantizeConfig {
     }
 }
 
-/// Per-layer record written into the manifest.
-#[derive(Clone, Debug, Serialize)]
-pub struct LayerRecord {
-    /// MatMul node.
-    pub node: String,
-    /// In x out features.
-    pub shape: [usize; 2],
-    /// Weight bits.
-    pub weight_bits: u32,
-    /// Group size (None: per channel).
-    pub group: Option<usize>,
-    /// Smallest / largest weight scale.
-    pub scale_range: [f32; 2],
-    /// Bytes of integer codes (at the nominal bit-width) plus f32 scales.
-    pub weight_bytes_packed: usize,
-    /// Bytes of the float weight it replaces.
-    pub weight_bytes_float: usize,
-    /// Activation quantization.
-    pub activation: Option<ActQuant>,
-    /// Calibration range of the input (after any migration).
-    pub input_range: Option<[f64; 2]>,
-    /// SmoothQuant / AWQ channel migration: where it was folded, and the chosen alpha.
-    pub migration: Option<(String, f32)>,
-    /// The operator the layer runs as in the deploy form.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lowering: Option<deploy::Lowering>,
-}
-
-/// Per-module record.
-#[derive(Clone, Debug, Serialize)]
-pub struct ModuleRecord {
-    /// Scheme string.
-    pub scheme: String,
-    /// Method.
-    pub method: Method,
-    /// Form: `simulate` (QDQ fake quantization) or `deploy` (integer / packed operators).
-    pub form: String,
-    /// MatMulNBits accuracy level of a deploy form's 4-bit layers (absent: 0).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub accuracy_level: Option<u8>,
-    /// Layers.
-    pub layers: Vec<LayerRecord>,
-}
-
 fn rel(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -204,7 +115,7 @@ fn calibrate(
             &cem,
             &mpc,
             n,
-            99 * n as u64 + 2,
+            TaskSeeds::calibration(n),
             7,
             None,
         )?;
@@ -451,12 +362,12 @@ fn quantize_module(
             shape: [k, n],
             weight_bits: wbits,
             group: scheme.group,
-            scale_range,
+            scale_range: scale_range.map(f64::from),
             weight_bytes_packed: packed,
             weight_bytes_float: 4 * k * n,
-            activation,
+            activation: activation.map(Into::into),
             input_range,
-            migration: folded,
+            migration: folded.map(|(place, alpha): (String, f32)| (place, f64::from(alpha))),
             lowering,
         });
     }
@@ -466,11 +377,11 @@ fn quantize_module(
         } else {
             module_scheme.to_string()
         },
-        method: cfg.method,
-        form: cfg.form.name().into(),
+        method: Some(cfg.method),
+        form: Some(cfg.form),
         accuracy_level: (cfg.form == Form::Deploy && cfg.accuracy_level != 0)
             .then_some(cfg.accuracy_level),
-        layers: records,
+        layers: Some(records),
     })
 }
 
@@ -506,15 +417,8 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
         )));
     }
     let bundle = Bundle::open(&cfg.model)?;
-    let already = ["encoder", "predictor"].iter().any(|m| {
-        bundle
-            .manifest
-            .quantization
-            .get(m)
-            .and_then(|v| v.get("scheme"))
-            .and_then(|s| s.as_str())
-            .is_some_and(|s| s != "float")
-    });
+    let q = &bundle.manifest.quantization;
+    let already = q.encoder.scheme != "float" || q.predictor.scheme != "float";
     if already {
         return Err(QwmError::bundle(
             &cfg.model,
@@ -562,38 +466,31 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
         return Err(QwmError::Usage("--out must differ from --model".into()));
     }
     let mut manifest = bundle.manifest.clone();
-    let mut record = serde_json::Map::new();
-    for (i, (module, scheme)) in ["encoder", "predictor"]
-        .into_iter()
-        .zip(schemes)
-        .enumerate()
-    {
-        let rec = if !cfg.quantizes(module, scheme) {
-            serde_json::json!({"scheme": "float"})
-        } else {
-            serde_json::to_value(quantize_module(
-                &mut protos[i],
-                module,
-                scheme,
-                cfg,
-                calib.as_ref(),
-            )?)
-            .expect("serializable")
-        };
-        record.insert(module.into(), rec);
-    }
-    record.insert(
-        "calibration".into(),
-        serde_json::json!({
-            "episodes": cfg.calib_episodes, "iters": cfg.calib_iters, "samples": cfg.calib_samples,
-            "task_seeds": (0..cfg.calib_episodes).map(|n| 99 * n as u64 + 2).collect::<Vec<_>>(),
-            "used": needs_calib,
+    let mut record = QuantRecord {
+        calibration: Some(CalibRecord {
+            episodes: cfg.calib_episodes,
+            iters: cfg.calib_iters,
+            samples: cfg.calib_samples,
+            task_seeds: (0..cfg.calib_episodes)
+                .map(TaskSeeds::calibration)
+                .collect(),
+            used: needs_calib,
         }),
-    );
-    record.insert(
-        "source".into(),
-        serde_json::json!(cfg.model.display().to_string()),
-    );
+        source: Some(cfg.model.display().to_string()),
+        ..QuantRecord::default()
+    };
+    for (i, (role, scheme)) in Role::BOTH.into_iter().zip(schemes).enumerate() {
+        let module = role.name();
+        let rec = if !cfg.quantizes(module, scheme) {
+            ModuleRecord::float()
+        } else {
+            quantize_module(&mut protos[i], module, scheme, cfg, calib.as_ref())?
+        };
+        match role {
+            Role::Encoder => record.encoder = rec,
+            Role::Predictor => record.predictor = rec,
+        }
+    }
     for (i, spec) in [&mut manifest.graphs.encoder, &mut manifest.graphs.predictor]
         .into_iter()
         .enumerate()
@@ -605,7 +502,7 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
             .map_err(|e| QwmError::io(&path, e))?
             .len();
     }
-    manifest.quantization = serde_json::Value::Object(record);
+    manifest.quantization = record;
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
     write_atomic(&cfg.out.join("manifest.json"), text.as_bytes())?;
     Ok(manifest)

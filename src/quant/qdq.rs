@@ -376,4 +376,3 @@ pub fn scale_input_channels(
     mm.input[0] = out.clone();
     Ok(("mul", out))
 }
-

@@ -5,9 +5,9 @@
 //! exactly the same work. Warm-up calls are excluded; every timed call's outputs are checked to
 //! be finite, so a backend that silently produces NaN cannot look fast.
 
+use crate::bundle::Bundle;
 use crate::engine::random_inputs;
 use crate::engine::{Backend, LoadOptions, TensorRef};
-use crate::bundle::Bundle;
 use crate::error::{QwmError, Result};
 use crate::util::stats::quantile;
 use serde::Serialize;
@@ -165,6 +165,16 @@ pub fn bench_graph(
 }
 
 /// Timings reported by `models/bench_ort.py` (onnxruntime's Python API on the same graph).
+/// What `qwm bench --json` writes for one graph: qwm's timing and, with `--vs-python`,
+/// onnxruntime's Python API on the same graph.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct BenchReport {
+    /// onnxruntime-python's timing (with `--vs-python`).
+    pub onnxruntime_python: Option<PythonBench>,
+    /// qwm's timing.
+    pub qwm: BenchResult,
+}
+
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct PythonBench {
     /// onnxruntime version.

@@ -7,8 +7,8 @@
 //! plan for a new batch size, weights copies) is the fixed cost of a call at a new size.
 
 use crate::error::{QwmError, Result};
-use crate::util::mem;
 use crate::runtime::model::{Latent, WorldModel};
+use crate::util::mem;
 
 /// Measured costs of predictor calls.
 #[derive(Clone, Copy, Debug, serde::Serialize)]

@@ -3,8 +3,8 @@
 
 use crate::env::{Env, Frame, Task};
 use crate::error::{QwmError, Result};
-use crate::runtime::model::{Latent, WorldModel};
 use crate::plan::{Planner, Rollout};
+use crate::runtime::model::{Latent, WorldModel};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 

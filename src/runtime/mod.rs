@@ -1,13 +1,14 @@
 //! The runtime: a bundle loaded on an engine as a world model ([`model`]), the MPC episode loop
 //! ([`episode`]), memory budgets ([`budget`]), run reports ([`report`]), parity checks
-//! ([`verify`]), graph benchmarks ([`bench`]), board profiles ([`target`]) and synthetic
-//! full-size bundles ([`synth`]).
+//! ([`verify`]), graph benchmarks ([`bench`]), board profiles ([`target`]), synthetic full-size
+//! bundles ([`synth`]) and the typed settings of a planning run ([`settings`]).
 
 pub mod bench;
 pub mod budget;
 pub mod episode;
 pub mod model;
 pub mod report;
+pub mod settings;
 pub mod synth;
 pub mod target;
 pub mod verify;

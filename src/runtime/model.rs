@@ -4,8 +4,8 @@
 //! sequences forward autoregressively, and score predicted frames against a goal. Knows nothing
 //! about planners or environments.
 
-use crate::engine::{Backend, LoadOptions, Session, TensorRef};
 use crate::bundle::{Bundle, Manifest, MappedGraph};
+use crate::engine::{Backend, LoadOptions, Session, TensorRef};
 use crate::env::{render, Frame};
 use crate::error::{QwmError, Result};
 use std::time::{Duration, Instant};

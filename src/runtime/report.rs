@@ -1,31 +1,41 @@
 //! Run reports: per-episode results plus a summary, printable and serializable (JSON).
 
 use crate::runtime::episode::EpisodeResult;
+use crate::runtime::settings::PlanArgs;
 use crate::util::{fmt::fmt_bytes, stats::quantile};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Summary over a run's episodes (snake_case keys are part of qwm's interface).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     /// Episodes run.
     pub episodes: usize,
     /// Fraction of episodes that reached the goal.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub success_rate: f64,
     /// Mean distance to the goal at the end.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mean_final_distance: f64,
     /// Mean planner objective of the last plan.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mean_final_objective: f64,
     /// Median planning time per MPC step (s).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub plan_time_p50_s: f64,
     /// 95th percentile planning time per MPC step (s).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub plan_time_p95_s: f64,
     /// Mean MPC steps per episode.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mean_mpc_steps: f64,
     /// Share of planning time spent inside predictor calls.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub model_time_share: f64,
     /// Share of planning time outside model calls (planner arithmetic, rollout assembly).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub planner_overhead_share: f64,
     /// Mean encode time per MPC step (s).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub encode_time_mean_s: f64,
     /// Candidates with NaN/Inf objectives, all episodes.
     pub non_finite_candidates: usize,
@@ -40,13 +50,25 @@ pub struct Summary {
     pub mem_limit_bytes: Option<u64>,
 }
 
+/// The settings a report was written with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanConfig {
+    /// The run's flags.
+    pub args: PlanArgs,
+    /// The environment planned in.
+    pub env: String,
+    /// Worker threads, as resolved (flag, board profile or cores).
+    pub threads: usize,
+}
+
 /// Everything `qwm plan --json` writes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlanReport {
     /// qwm version.
     pub qwm_version: String,
-    /// Settings of the run.
-    pub config: serde_json::Value,
+    /// Settings of the run (written with sorted keys, as reports always have been).
+    #[serde(serialize_with = "sorted_keys")]
+    pub config: PlanConfig,
     /// Model load time (s).
     pub load_time_s: f64,
     /// Peak RSS right after loading (bytes).
@@ -57,7 +79,35 @@ pub struct PlanReport {
     pub summary: Summary,
     /// False while episodes are still running: the report is rewritten (atomically) after every
     /// episode, so an interrupted run keeps what it finished and `--resume` continues it.
+    /// (Reports from before incremental writing lack it: they were written once, complete.)
+    #[serde(default = "complete_by_default")]
     pub complete: bool,
+}
+
+fn complete_by_default() -> bool {
+    true
+}
+
+/// JSON has no NaN: serde_json writes a NaN as `null`, which reads back as NaN here.
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// Serialize through a JSON value, whose maps keep their keys sorted.
+fn sorted_keys<S: serde::Serializer>(c: &PlanConfig, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(c)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
+}
+
+impl PlanReport {
+    /// Read a report written by `qwm plan --json`; the error says what is wrong with the file.
+    pub fn read(path: &std::path::Path) -> crate::Result<PlanReport> {
+        let text = std::fs::read_to_string(path).map_err(|e| crate::QwmError::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            crate::QwmError::Usage(format!("{}: not a qwm plan report: {e}", path.display()))
+        })
+    }
 }
 
 /// Summarize episodes.

@@ -608,7 +608,7 @@ pub fn write_bundle(a: &Arch, out: &Path, seed: u64, like: Option<&Manifest>) ->
             encoder: encoder_spec,
             predictor: predictor_spec,
         },
-        quantization: serde_json::json!({"encoder": {"scheme": "float"}, "predictor": {"scheme": "float"}}),
+        quantization: Default::default(),
         training: serde_json::json!({"synthetic": true, "preset": a.name, "seed": seed,
             "note": "random weights (N(0, 0.02)); for profiling and benchmarks, not planning quality"}),
     };

@@ -23,7 +23,7 @@ pub struct BoardProfile {
     /// Memory qwm may use on the board, e.g. "2G" (applied as `--mem-limit`).
     pub memory_budget: String,
     /// Preferred backend on the board (`tract` or `ort`).
-    pub backend: String,
+    pub backend: crate::engine::BackendKind,
     /// Free-form notes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
@@ -47,9 +47,6 @@ impl BoardProfile {
         };
         if self.threads == 0 || self.threads > 256 {
             return bad(format!("threads {} must be in 1..=256", self.threads));
-        }
-        if !["tract", "ort"].contains(&self.backend.as_str()) {
-            return bad(format!("backend '{}' must be tract or ort", self.backend));
         }
         if !self.triple.contains('-') {
             return bad(format!("triple '{}' is not a target triple", self.triple));

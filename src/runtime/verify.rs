@@ -7,8 +7,8 @@
 //! through [`WorldModel::rollout`], the code the planner uses) and compares each output with its
 //! fixture as max |qwm - torch| / max |torch|. Any non-finite output fails.
 
-use crate::engine::{Backend, LoadOptions, Session, Tensor, TensorRef};
 use crate::bundle::Bundle;
+use crate::engine::{Backend, LoadOptions, Session, Tensor, TensorRef};
 use crate::error::{QwmError, Result};
 use crate::runtime::model::{Latent, WorldModel};
 use ndarray::ArrayD;
@@ -122,12 +122,7 @@ fn run_graph(
 pub fn verify(bundle: &Bundle, backend: &dyn Backend, threads: usize) -> Result<VerifyReport> {
     let dir = bundle.dir.as_path();
     let q = &bundle.manifest.quantization;
-    let float = ["encoder", "predictor"].iter().all(|m| {
-        q.get(m)
-            .and_then(|v| v.get("scheme"))
-            .and_then(|s| s.as_str())
-            .is_none_or(|s| s == "float")
-    });
+    let float = q.encoder.scheme == "float" && q.predictor.scheme == "float";
     if !float {
         return Err(QwmError::Usage(format!(
             "{}: a quantized bundle; its fixtures are the float model's outputs, so verify the float bundle it was made from",

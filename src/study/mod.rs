@@ -13,6 +13,7 @@
 pub mod report;
 pub mod run;
 
+use crate::engine::BackendKind;
 use crate::error::{QwmError, Result};
 use crate::quant::scheme::Scheme;
 use crate::quant::Method;
@@ -118,9 +119,6 @@ fn default_episodes() -> usize {
 fn default_calib() -> usize {
     4
 }
-fn default_backend() -> String {
-    "tract".into()
-}
 
 /// A study configuration file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,8 +133,8 @@ pub struct StudyConfig {
     #[serde(default = "default_episodes")]
     pub episodes: usize,
     /// Execution engine for the cells: tract or ort.
-    #[serde(default = "default_backend")]
-    pub backend: String,
+    #[serde(default)]
+    pub backend: BackendKind,
     /// Threads per cell process (default: available cores / jobs).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -232,9 +230,6 @@ impl StudyConfig {
         let bad = |m: String| Err(QwmError::Usage(m));
         if self.episodes == 0 {
             return bad("episodes must be at least 1".into());
-        }
-        if !["tract", "ort"].contains(&self.backend.as_str()) {
-            return bad(format!("backend '{}': expected tract or ort", self.backend));
         }
         if self.threads == Some(0) {
             return bad("threads must be at least 1".into());

@@ -12,10 +12,12 @@
 
 use super::{Cell, CellResult, EpisodePoint, Shard, StudyConfig};
 use crate::bundle::Bundle;
-use crate::util::stats::spearman;
 use crate::error::{QwmError, Result};
 use crate::onnx::proto as onnx;
 use crate::quant::scheme::Scheme;
+use crate::runtime::report::PlanReport;
+use crate::runtime::settings::{PlanArgs, RunArgs};
+use crate::util::stats::spearman;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -57,30 +59,42 @@ pub struct StudyOutcome {
     pub results_file: PathBuf,
 }
 
-/// The settings that must not change between runs into the same folder.
-fn fixed_settings(opts: &StudyOptions) -> serde_json::Value {
+/// The settings that must not change between runs into the same folder (`study.json`).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct FixedSettings {
+    backend: crate::engine::BackendKind,
+    calib_episodes: usize,
+    model: String,
+    planner: super::PlannerSettings,
+    threads: usize,
+}
+
+fn fixed_settings(opts: &StudyOptions) -> FixedSettings {
     let c = &opts.config;
-    serde_json::json!({
-        "model": c.model.display().to_string(),
-        "backend": c.backend,
-        "threads": opts.threads,
-        "calib_episodes": c.calib_episodes,
-        "planner": c.planner,
-    })
+    FixedSettings {
+        backend: c.backend,
+        calib_episodes: c.calib_episodes,
+        model: c.model.display().to_string(),
+        planner: c.planner.clone(),
+        threads: opts.threads,
+    }
 }
 
 fn check_study_file(opts: &StudyOptions) -> Result<()> {
     let path = opts.out.join("study.json");
     let want = fixed_settings(opts);
+    let json = |s: &FixedSettings| serde_json::to_string(s).expect("json");
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(|e| QwmError::io(&path, e))?;
-        let have: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        let have: FixedSettings = serde_json::from_str(&text).map_err(|e| {
             QwmError::Usage(format!("{}: not a qwm study file: {e}", path.display()))
         })?;
         if have != want {
             return Err(QwmError::Usage(format!(
-                "{} holds a study with other shared settings ({have}); this run has {want}. Use another --out folder",
-                path.display()
+                "{} holds a study with other shared settings ({}); this run has {}. Use another --out folder",
+                path.display(),
+                json(&have),
+                json(&want)
             )));
         }
         return Ok(());
@@ -110,17 +124,21 @@ pub fn float_weight_bytes(bundle_dir: &Path) -> Result<(u64, u64)> {
     ))
 }
 
+/// An f32 of a report as its JSON text reads in f64 (`2.41` rather than the f32's exact
+/// 2.4100000858...): the shortest decimal that gives the f32 back, as the report wrote it.
+fn as_written(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::NAN)
+}
+
 /// Build a cell's result from its finished `qwm plan --json` report and its bundle.
 pub fn cell_result(
     cell: &Cell,
-    report: &serde_json::Value,
+    report: &PlanReport,
     bundle_dir: &Path,
     float_bytes: u64,
 ) -> Result<CellResult> {
     let bad = |what: &str| QwmError::Usage(format!("cell {}: plan report {what}", cell.id));
-    let eps = report["episodes"]
-        .as_array()
-        .ok_or_else(|| bad("has no episodes"))?;
+    let eps = &report.episodes;
     if eps.len() < cell.episodes {
         return Err(bad(&format!(
             "has {} of {} episodes",
@@ -128,36 +146,26 @@ pub fn cell_result(
             cell.episodes
         )));
     }
-    let mut per_episode = Vec::with_capacity(cell.episodes);
-    for e in eps.iter().take(cell.episodes) {
-        let num = |k: &str| {
-            e[k].as_f64()
-                .ok_or_else(|| bad(&format!("episode lacks {k}")))
-        };
-        per_episode.push(EpisodePoint {
-            success: e["success"]
-                .as_bool()
-                .ok_or_else(|| bad("episode lacks success"))?,
-            final_distance: num("final_distance")?,
-            final_objective: num("final_objective")?,
-        });
-    }
+    let per_episode: Vec<EpisodePoint> = eps
+        .iter()
+        .take(cell.episodes)
+        .map(|e| EpisodePoint {
+            success: e.success,
+            final_distance: as_written(e.final_distance),
+            final_objective: as_written(e.final_objective),
+        })
+        .collect();
     let n = per_episode.len() as f64;
     let successes = per_episode.iter().filter(|p| p.success).count();
     let obj: Vec<f64> = per_episode.iter().map(|p| p.final_objective).collect();
     let dist: Vec<f64> = per_episode.iter().map(|p| p.final_distance).collect();
-    let s = &report["summary"];
+    let s = &report.summary;
     let manifest = crate::bundle::read_manifest(bundle_dir)?;
     let (mut packed, mut replaced) = (0u64, 0u64);
-    for module in ["encoder", "predictor"] {
-        for l in manifest.quantization[module]["layers"]
-            .as_array()
-            .map(|v| v.as_slice())
-            .unwrap_or(&[])
-        {
-            packed += l["weight_bytes_packed"].as_u64().unwrap_or(0);
-            replaced += l["weight_bytes_float"].as_u64().unwrap_or(0);
-        }
+    for role in crate::bundle::Role::BOTH {
+        let (p, f) = manifest.quantization.module(role).weight_bytes();
+        packed += p;
+        replaced += f;
     }
     let scheme = Scheme::parse(&cell.scheme, "scheme")?;
     Ok(CellResult {
@@ -166,32 +174,41 @@ pub fn cell_result(
         act_bits: scheme.act_bits,
         group: scheme.group,
         per_token: scheme.per_token,
-        backend: report["config"]["args"]["backend"]
-            .as_str()
-            .unwrap_or("tract")
+        backend: report
+            .config
+            .args
+            .run
+            .backend
+            .unwrap_or_default()
+            .name()
             .to_string(),
-        threads: report["config"]["threads"].as_u64().unwrap_or(0) as usize,
+        threads: report.config.threads,
         successes,
         success_rate: successes as f64 / n,
         mean_final_distance: dist.iter().sum::<f64>() / n,
         mean_final_objective: obj.iter().sum::<f64>() / n,
         spearman_objective_distance: spearman(&obj, &dist),
-        plan_time_p50_s: s["plan_time_p50_s"].as_f64().unwrap_or(f64::NAN),
-        mean_mpc_steps: s["mean_mpc_steps"].as_f64().unwrap_or(f64::NAN),
+        plan_time_p50_s: s.plan_time_p50_s,
+        mean_mpc_steps: s.mean_mpc_steps,
         weight_bytes_at_bits: float_bytes.saturating_sub(replaced) + packed,
         weight_bytes_float: float_bytes,
         model_file_bytes: manifest.graphs.encoder.bytes + manifest.graphs.predictor.bytes,
-        peak_rss_bytes: s["peak_rss_bytes"].as_u64().unwrap_or(0),
+        peak_rss_bytes: s.peak_rss_bytes,
         per_episode,
     })
 }
 
 /// Episodes finished so far in a cell's report (0 when it does not exist or is being written).
 fn episodes_done(path: &Path) -> usize {
+    /// Only the episode count is needed: the episodes themselves are skipped, not decoded.
+    #[derive(serde::Deserialize)]
+    struct Episodes {
+        episodes: Vec<serde::de::IgnoredAny>,
+    }
     std::fs::read_to_string(path)
         .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["episodes"].as_array().map(|a| a.len()))
+        .and_then(|t| serde_json::from_str::<Episodes>(&t).ok())
+        .map(|r| r.episodes.len())
         .unwrap_or(0)
 }
 
@@ -458,13 +475,7 @@ fn finish_cell(
     float_bytes: u64,
     results_file: &Path,
 ) -> Result<CellResult> {
-    let text = std::fs::read_to_string(report_path).map_err(|e| QwmError::io(report_path, e))?;
-    let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        QwmError::Usage(format!(
-            "{}: unreadable plan report: {e}",
-            report_path.display()
-        ))
-    })?;
+    let report = PlanReport::read(report_path)?;
     let bundle_dir = bundle_dir(opts, cell);
     let res = cell_result(cell, &report, &bundle_dir, float_bytes)?;
     let mut line = serde_json::to_string(&res).expect("json");
@@ -521,25 +532,27 @@ fn start(opts: &StudyOptions, job: Job, mp: &MultiProgress) -> Result<Running> {
         }
         Job::Plan { cell } => {
             let p = &c.planner;
-            cmd.arg("plan")
-                .arg("--model")
-                .arg(bundle_dir(opts, cell))
-                .args(["--episodes", &cell.episodes.to_string()])
-                .args(["--seed", &cell.seed.to_string()])
-                .args(["--samples", &p.samples.to_string()])
-                .args(["--topk", &p.topk.to_string()])
-                .args(["--horizon", &p.horizon.to_string()])
-                .args(["--n-taken", &p.n_taken.to_string()])
-                .args(["--opt-steps", &cell.opt_steps.to_string()])
-                .args(["--max-iter", &cell.max_iter.to_string()])
-                .args(["--threads", &opts.threads.to_string()])
-                .args(["--backend", &c.backend])
-                .arg("--json")
-                .arg(opts.out.join("cells").join(format!("{}.json", cell.id)))
-                .arg("--resume");
-            if let Some(l) = &opts.ort_lib {
-                cmd.arg("--ort-lib").arg(l);
-            }
+            let args = PlanArgs {
+                model: bundle_dir(opts, cell),
+                episodes: cell.episodes,
+                seed: cell.seed,
+                samples: p.samples,
+                topk: p.topk,
+                horizon: p.horizon,
+                n_taken: p.n_taken,
+                opt_steps: cell.opt_steps,
+                max_iter: cell.max_iter,
+                run: RunArgs {
+                    threads: Some(opts.threads),
+                    backend: Some(c.backend),
+                    ort_lib: opts.ort_lib.clone(),
+                    ..RunArgs::default()
+                },
+                json: Some(opts.out.join("cells").join(format!("{}.json", cell.id))),
+                resume: true,
+                ..PlanArgs::default()
+            };
+            cmd.arg("plan").args(args.to_args());
             let bar = mp.add(ProgressBar::new(cell.episodes as u64));
             bar.set_style(
                 ProgressStyle::with_template("  {bar:20} {pos}/{len} episodes  {msg}")

@@ -25,7 +25,6 @@ fn read_status_kb(key: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-
     #[test]
     fn rss_is_read_on_linux() {
         if cfg!(target_os = "linux") {

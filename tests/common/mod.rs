@@ -76,10 +76,7 @@ pub fn run_encoder_fixture(dir: &Path, s: &dyn qwm::engine::Session) -> Vec<qwm:
 
 /// Run a session on a bundle's predictor fixture inputs (given in a different order than the
 /// graph's, to exercise name matching).
-pub fn run_predictor_fixture(
-    dir: &Path,
-    s: &dyn qwm::engine::Session,
-) -> Vec<qwm::engine::Tensor> {
+pub fn run_predictor_fixture(dir: &Path, s: &dyn qwm::engine::Session) -> Vec<qwm::engine::Tensor> {
     use qwm::engine::TensorRef;
     let (v, p, a) = (
         npy(dir, "predictor_visual"),

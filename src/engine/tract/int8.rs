@@ -18,9 +18,9 @@
 //! conversion to f32 and one product with the chain's per-column scale.
 //! `QWM_TRACT_INT8=tract` turns the fusion off (tract's own lowering), for comparisons.
 
-use crate::onnx::index::scalar_value;
-use crate::kernels::int8_gemm::{ActQuant, PackedWeights};
 use super::linear::{konst, Int8Linear};
+use crate::kernels::int8_gemm::{ActQuant, PackedWeights};
+use crate::onnx::index::scalar_value;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
@@ -229,8 +229,8 @@ impl Expansion for Int8LinearExpansion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::deploy::lower_int8;
     use crate::onnx::proto::{f32_tensor, find_linears, i8_tensor};
+    use crate::quant::deploy::lower_int8;
     use crate::quant::weights::{quantize_matrix, Observer};
     use tract_onnx::pb::{GraphProto, ModelProto, ValueInfoProto};
 

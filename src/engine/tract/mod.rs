@@ -169,9 +169,12 @@ fn onnx() -> tract_onnx::Onnx {
 /// once, into its tract tensor. The usual decode peaked at twice the weights (full-size
 /// predictor: 155 MiB of heap for 77 MiB of weights).
 fn import(bytes: &Arc<memmap2::Mmap>, name: &str) -> Result<InferenceModel> {
-    let ext =
-        crate::onnx::external_data::externalize(&bytes[..], ".", crate::onnx::external_data::DEFAULT_MIN_BYTES)
-            .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
+    let ext = crate::onnx::external_data::externalize(
+        &bytes[..],
+        ".",
+        crate::onnx::external_data::DEFAULT_MIN_BYTES,
+    )
+    .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     let mut proto = tract_onnx::pb::ModelProto::decode(&ext.proto[..])
         .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     drop(ext);

@@ -93,7 +93,6 @@ struct NBitsExpansion {
     bias_input: Option<usize>,
 }
 
-
 impl Expansion for NBitsExpansion {
     fn name(&self) -> StaticName {
         "MatMulNBits".into()
@@ -326,8 +325,6 @@ impl EvalOp for PackedMatMul {
         )
     }
 }
-
-
 
 impl TypedOp for PackedMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {

@@ -36,7 +36,6 @@ pub(super) fn unpack_nibbles(src: &[u8], dst: &mut [i8]) {
     }
 }
 
-
 impl Tile<'_> {
     /// The same integers and the same rescale, in the same order, as [`Tile::kernel_vnni`], in
     /// plain Rust.

@@ -3,11 +3,61 @@
 //! Loading reads and validates the manifest, memory-maps the graph files (memmap2) and checks
 //! their size and sha256 before any engine sees them. Nothing else in qwm reads manifest JSON.
 
+pub mod record;
+
+pub use record::{Form, LayerRecord, Lowering, Method, ModuleRecord, QuantRecord};
+
 use crate::error::{QwmError, Result};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+
+/// Which graph of a bundle: the observation encoder or the latent predictor.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Pixels + proprio -> visual tokens + proprio embedding.
+    Encoder,
+    /// Latent history + actions -> next latents.
+    Predictor,
+}
+
+impl Role {
+    /// Both roles, encoder first (the order of every per-graph pair in qwm).
+    pub const BOTH: [Role; 2] = [Role::Encoder, Role::Predictor];
+
+    /// Lower-case name (`encoder`, `predictor`), as manifests, flags and tensor keys write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Encoder => "encoder",
+            Role::Predictor => "predictor",
+        }
+    }
+
+    /// The role's index in per-graph pairs: encoder 0, predictor 1.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The manifest format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -108,9 +158,9 @@ pub struct Manifest {
     pub objective: ObjectiveSpec,
     /// The graph files.
     pub graphs: Graphs,
-    /// Per-module quantization record (free-form; `float` for float bundles).
+    /// Per-module quantization record (`{"scheme": "float"}` for float modules).
     #[serde(default)]
-    pub quantization: serde_json::Value,
+    pub quantization: QuantRecord,
     /// Training record (free-form).
     #[serde(default)]
     pub training: serde_json::Value,
