@@ -8,6 +8,7 @@ with higher layers) is resolved to the module it names. Two rules:
    import only modules of a lower rank; modules of the same rank do not import each other).
 2. Inside any module, its child modules must not import each other in a cycle (the parent may
    use its children, and children may use the parent's own items: that is the registry pattern).
+3. README.md's "Layout" section names every module (its file `name.rs` or its folder `name/`).
 
 Usage: scripts/check-layers.py [SRC_DIR]
 """
@@ -194,6 +195,24 @@ def main():
             for a, b in zip(cycle, cycle[1:]):
                 hops.append(f"{a} -> {b} ({where[(parent, a, b)]})")
             problems.append(f"import cycle inside {parent}: " + ", ".join(hops))
+    readme = os.path.join(os.path.dirname(src), "README.md")
+    if os.path.exists(readme):
+        text = open(readme, encoding="utf-8").read()
+        start = text.find("## Layout")
+        end = text.find("\n## ", start + 1)
+        layout = text[start:end] if start >= 0 else ""
+        for root, _, files in os.walk(src):
+            for f in sorted(files):
+                if not f.endswith(".rs") or f in ("tests.rs", "lib.rs"):
+                    continue
+                rel = os.path.relpath(os.path.join(root, f), src)
+                if f == "mod.rs":
+                    name = os.path.basename(root) + "/"
+                else:
+                    name = f
+                if name not in layout:
+                    problems.append(f"{rel}: README.md's Layout section does not name {name}")
+    problems = list(dict.fromkeys(problems))
     if problems:
         print("layer check failed:")
         for p in problems:

@@ -11,7 +11,7 @@
 //!   fused attention), one file per instruction set.
 //! - [`bundle`]: what a model is on disk (manifest, mapped graph files, quantization record).
 //! - [`engine`]: execution engines behind one trait (tract, ONNX Runtime) and their operators.
-//! - [`env`] (simulated environments, datasets) and [`plan`] (CEM, MPPI): pure, model-free.
+//! - [`env`](mod@env) (simulated environments, datasets) and [`plan`] (CEM, MPPI): pure, model-free.
 //! - [`runtime`]: the world model on an engine, the MPC episode, memory budgets, reports,
 //!   verification, benchmarks, board profiles, synthetic bundles.
 //! - [`quant`]: post-training quantization of bundles and the memory fit.

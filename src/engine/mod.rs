@@ -61,9 +61,57 @@ pub struct LoadOptions {
     /// each weight once, straight from the mapping.
     pub low_mem: bool,
     /// Batch rows per call of tract's plan: a larger batch runs tile by tile. `None`: sized so
-    /// that a tile's largest intermediate tensor fits [`tract::TILE_BYTES`] (or the
-    /// `QWM_TRACT_TILE` environment variable, for measurements). ONNX Runtime ignores it.
+    /// that a tile's largest intermediate tensor fits [`tract::TILE_BYTES`] (or
+    /// [`Tuning::tile_rows`]). ONNX Runtime ignores it.
     pub tile_rows: Option<usize>,
+    /// The engines' own rewrites and plan choices (all on by default).
+    pub tuning: Tuning,
+}
+
+/// Switches of the engines' rewrites and plans, for measurements and comparisons: every rewrite
+/// is on by default and computes the same function (within each rewrite's stated tolerance).
+/// [`Tuning::from_env`] is the one place that reads the `QWM_*` variables that set them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// tract: fuse int8 chains into qwm's int8 operator (`QWM_TRACT_INT8=off`: tract's own
+    /// lowering).
+    pub tract_int8: bool,
+    /// tract: fuse attention chains into qwm's attention operator (`QWM_TRACT_ATTENTION=off`).
+    pub tract_attention: bool,
+    /// tract: one plan per batch size instead of one symbolic plan (`QWM_TRACT_PLAN=per-size`).
+    pub per_size_plans: bool,
+    /// tract: fixed batch rows per tile (`QWM_TRACT_TILE=N`), unless [`LoadOptions::tile_rows`].
+    pub tile_rows: Option<usize>,
+    /// ONNX Runtime: hand int8 products and attention to its fused kernels (`QWM_ORT_FUSE=off`).
+    pub ort_fusion: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            tract_int8: true,
+            tract_attention: true,
+            per_size_plans: false,
+            tile_rows: None,
+            ort_fusion: true,
+        }
+    }
+}
+
+impl Tuning {
+    /// The defaults, with the `QWM_*` variables applied. A switch is off when its variable is
+    /// `off` (`tract` is still accepted for the two tract fusions, its earlier spelling).
+    pub fn from_env() -> Tuning {
+        let var = |k: &str| std::env::var(k).ok();
+        let off = |k: &str, also: &str| var(k).is_some_and(|v| v == "off" || v == also);
+        Tuning {
+            tract_int8: !off("QWM_TRACT_INT8", "tract"),
+            tract_attention: !off("QWM_TRACT_ATTENTION", "tract"),
+            per_size_plans: var("QWM_TRACT_PLAN").as_deref() == Some("per-size"),
+            tile_rows: var("QWM_TRACT_TILE").and_then(|v| v.parse::<usize>().ok()),
+            ort_fusion: !off("QWM_ORT_FUSE", "off"),
+        }
+    }
 }
 
 impl LoadOptions {
@@ -73,6 +121,7 @@ impl LoadOptions {
             threads,
             low_mem: false,
             tile_rows: None,
+            tuning: Tuning::from_env(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Nothing is downloaded: the shared library comes from `ORT_DYLIB_PATH`, an explicit path
 //! (`--ort-lib`), or the `onnxruntime` Python package (`pip install onnxruntime==1.32.0`).
 
-use super::{order_inputs, Backend, LoadOptions, Session, Tensor, TensorRef};
+use super::{order_inputs, Backend, LoadOptions, Session, Tensor, TensorRef, Tuning};
 use crate::bundle::MappedGraph;
 use crate::error::{QwmError, Result};
 use std::path::{Path, PathBuf};
@@ -137,7 +137,7 @@ impl OrtBackend {
             .builder(&name, threads)?
             .with_profiling(dir.join("profile"))
             .map_err(|e| err(&name, e))?;
-        let session = commit(builder, graph, false)?;
+        let session = commit(builder, graph, false, &Tuning::from_env())?;
         let s = OrtSession::new(name.clone(), session, graph);
         let data = crate::engine::random_inputs(graph, batch, 0);
         let refs: Vec<(&str, TensorRef<'_>)> = data
@@ -217,7 +217,12 @@ impl Backend for OrtBackend {
 
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
         let name = graph.spec.file.clone();
-        let session = commit(self.builder(&name, opts.threads)?, graph, opts.low_mem)?;
+        let session = commit(
+            self.builder(&name, opts.threads)?,
+            graph,
+            opts.low_mem,
+            &opts.tuning,
+        )?;
         let have_in: Vec<String> = session
             .inputs()
             .iter()
@@ -253,10 +258,11 @@ fn commit(
     builder: ::ort::session::builder::SessionBuilder,
     graph: &MappedGraph,
     low_mem: bool,
+    tuning: &Tuning,
 ) -> Result<::ort::session::Session> {
     let name = &graph.spec.file;
     let session = if graph.on_disk {
-        load_from_file(builder, graph, low_mem)?
+        load_from_file(builder, graph, low_mem, tuning)?
     } else if low_mem {
         return Err(err(
             name,
@@ -264,7 +270,7 @@ fn commit(
              load it without --low-mem",
         ));
     } else {
-        let fused = fused_proto(name, &graph.bytes[..])?;
+        let fused = fused_proto(name, &graph.bytes[..], tuning)?;
         let mut builder = builder;
         builder
             .commit_from_memory(fused.as_deref().unwrap_or(&graph.bytes[..]))
@@ -286,6 +292,7 @@ fn load_from_file(
     builder: ::ort::session::builder::SessionBuilder,
     graph: &MappedGraph,
     low_mem: bool,
+    tuning: &Tuning,
 ) -> Result<::ort::session::Session> {
     let name = &graph.spec.file;
     let (Some(dir), Some(file)) = (
@@ -329,7 +336,7 @@ fn load_from_file(
             dir_text,
         )
         .map_err(|e| err(name, e))?;
-    let fused = fused_proto(name, &ext.proto)?;
+    let fused = fused_proto(name, &ext.proto, tuning)?;
     builder
         .commit_from_memory(fused.as_deref().unwrap_or(&ext.proto))
         .map_err(|e| err(name, format!("cannot load graph: {e}")))
@@ -337,9 +344,9 @@ fn load_from_file(
 
 /// The graph's protobuf with [`crate::onnx::passes::ort`]'s rewrites, or `None` when they change
 /// nothing (or are off).
-fn fused_proto(name: &str, proto: &[u8]) -> Result<Option<Vec<u8>>> {
+fn fused_proto(name: &str, proto: &[u8], tuning: &Tuning) -> Result<Option<Vec<u8>>> {
     use prost::Message;
-    if !crate::onnx::passes::ort::enabled() {
+    if !tuning.ort_fusion {
         return Ok(None);
     }
     let mut m = tract_onnx::pb::ModelProto::decode(proto)

@@ -5,7 +5,7 @@
 //!   (bits 4, block B, symmetric: the int4 codes stored as uint4 = code + 8, the default zero
 //!   point, weights `[N, K/B, B/2]` bytes, scales `[N * K/B]`). Lossless against the simulate
 //!   form. ONNX Runtime runs it natively; on tract qwm registers its own operator
-//!   (`backend::tract_nbits`) that keeps the codes packed and dequantizes per call.
+//!   (`engine::tract::nbits`) that keeps the codes packed and dequantizes per call.
 //! - 8-bit weights with static per-tensor 8-bit activations (`w8a8`): `QuantizeLinear` (uint8, the
 //!   calibrated scale / zero point) -> `MatMulInteger` (uint8 x int8 -> int32, exact) -> `Cast` ->
 //!   `Mul` by `a_scale x w_scale[n]` (one per output column, so per-channel weight scales stay

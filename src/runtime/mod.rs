@@ -1,6 +1,6 @@
 //! The runtime: a bundle loaded on an engine as a world model ([`model`]), the MPC episode loop
 //! ([`episode`]), memory budgets ([`budget`]), run reports ([`report`]), parity checks
-//! ([`verify`]), graph benchmarks ([`bench`]), board profiles ([`target`]), synthetic full-size
+//! ([`verify`]), graph benchmarks ([`bench`](mod@bench)), board profiles ([`target`]), synthetic full-size
 //! bundles ([`synth`]) and the typed settings of a planning run ([`settings`]).
 
 pub mod bench;

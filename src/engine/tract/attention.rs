@@ -6,7 +6,7 @@
 //! tensor, with transposes around its batched products. On the full-size predictor at batch 16
 //! that was about 730 ms of both the float call (1950 ms) and the int8 call (1150 ms): the
 //! largest single cost once the linear layers ran on int8, and what kept tract's int8 predictor
-//! under 2x float (issue 8). Fused, each head's scores stay in L2.
+//! under 2x float. Fused, each head's scores stay in L2.
 //!
 //! The fusion is a rewrite of the graph's protobuf before tract imports it
 //! ([`fuse_attention`]), like [`crate::engine::tract::int8`]'s: a chain is fused only when every tensor
@@ -15,7 +15,7 @@
 //! alike), the scale and the fill value are provably single numbers (initializers, constants,
 //! or arithmetic on them and on single dimensions of a shape), and the softmax is along the last
 //! axis. The mask itself may be any tensor that broadcasts to the scores; it is read at each
-//! call. `QWM_TRACT_ATTENTION=tract` turns the fusion off (tract's own operators), for
+//! call. `QWM_TRACT_ATTENTION=off` ([`crate::engine::Tuning`]) turns the fusion off (tract's own operators), for
 //! comparisons.
 
 use crate::kernels::attention::{self, Dims, Mask};
@@ -32,16 +32,11 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert(OP_TYPE, parse);
 }
 
-/// Whether fusion is on (`QWM_TRACT_ATTENTION` is not `tract`).
-pub fn enabled() -> bool {
-    std::env::var("QWM_TRACT_ATTENTION").as_deref() != Ok("tract")
-}
-
-/// [`fuse_attention`] on a model's graph when fusion is [`enabled`]; how many chains it fused.
+/// [`fuse_attention`] on a model's graph ([`crate::engine::Tuning`] decides whether it runs); how many chains it fused.
 pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
     let opset = crate::onnx::index::default_opset(m);
     match m.graph.as_mut() {
-        Some(g) if enabled() => fuse_attention(g, opset),
+        Some(g) => fuse_attention(g, opset),
         _ => 0,
     }
 }

@@ -6,7 +6,7 @@
 //! Why: tract 0.23 runs that chain as five passes over the activations (quantize, pack, integer
 //! product with a zero-point correction, cast, multiply), each a separate tensor in memory. On the
 //! full-size predictor at batch 16 the passes around its int8 product took 30% of the call, and
-//! at the CEM batch (300 candidates) the int8 graph ran slower than the float one (0.91x, issue 8).
+//! at the CEM batch (300 candidates) the int8 graph ran slower than the float one (0.91x).
 //! Fused, the `u8` activations of a few hundred rows stay in L2 while every weight panel passes
 //! them, and only the f32 result is written.
 //!
@@ -16,7 +16,7 @@
 //! the activation scale and zero point are scalars shared by the quantize and the product. The
 //! result is the chain's own arithmetic: the same `uint8` codes, the exact integer sum, one
 //! conversion to f32 and one product with the chain's per-column scale.
-//! `QWM_TRACT_INT8=tract` turns the fusion off (tract's own lowering), for comparisons.
+//! `QWM_TRACT_INT8=off` ([`crate::engine::Tuning`]) turns the fusion off (tract's own lowering), for comparisons.
 
 use super::linear::{konst, Int8Linear};
 use crate::kernels::int8_gemm::{ActQuant, PackedWeights};
@@ -33,15 +33,10 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert(OP_TYPE, parse);
 }
 
-/// Whether fusion is on (`QWM_TRACT_INT8` is not `tract`).
-pub fn enabled() -> bool {
-    std::env::var("QWM_TRACT_INT8").as_deref() != Ok("tract")
-}
-
-/// [`fuse_int8_linears`] on a model's graph when fusion is [`enabled`]; how many chains it fused.
+/// [`fuse_int8_linears`] on a model's graph ([`crate::engine::Tuning`] decides whether it runs); how many chains it fused.
 pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
     match m.graph.as_mut() {
-        Some(g) if enabled() => fuse_int8_linears(g),
+        Some(g) => fuse_int8_linears(g),
         _ => 0,
     }
 }

@@ -22,8 +22,8 @@ pub fn konst(
 
 /// Evaluate an operator that maps the last axis (K) of its one f32 input to N: checks the input,
 /// allocates the output (zeroed when `zeroed`, else uninitialized for `f` to overwrite whole) and
-/// calls `f(input, rows, output)` unless there are no rows. Shared by [`PackedMatMul`] and
-/// [`crate::engine::tract::int8::Int8Linear`].
+/// calls `f(input, rows, output)` unless there are no rows. Shared by [`super::nbits::PackedMatMul`] and
+/// [`Int8Linear`].
 pub fn eval_linear(
     op: &str,
     inputs: TVec<TValue>,

@@ -18,7 +18,7 @@ pub mod int8;
 pub mod linear;
 pub mod nbits;
 
-use super::{split_ranges, Backend, LoadOptions, Session, Tensor, TensorRef};
+use super::{split_ranges, Backend, LoadOptions, Session, Tensor, TensorRef, Tuning};
 use crate::bundle::MappedGraph;
 use crate::error::{QwmError, Result};
 use prost::Message;
@@ -45,8 +45,10 @@ pub struct TractSession {
     per_size: bool,
     /// Bytes of the largest intermediate tensor per batch row (0 until a plan is built).
     row_bytes: std::sync::atomic::AtomicUsize,
-    /// [`LoadOptions::tile_rows`], else `QWM_TRACT_TILE`.
+    /// [`LoadOptions::tile_rows`], else [`Tuning::tile_rows`].
     tile_rows: Option<usize>,
+    /// The rewrites and plan choices it was loaded with.
+    tuning: Tuning,
 }
 
 /// Working-set target of one tile of the batch: the largest intermediate tensor of a tile stays
@@ -168,7 +170,7 @@ fn onnx() -> tract_onnx::Onnx {
 /// [`crate::onnx::external_data`]), so only the graph's structure is decoded and each weight is copied
 /// once, into its tract tensor. The usual decode peaked at twice the weights (full-size
 /// predictor: 155 MiB of heap for 77 MiB of weights).
-fn import(bytes: &Arc<memmap2::Mmap>, name: &str) -> Result<InferenceModel> {
+fn import(bytes: &Arc<memmap2::Mmap>, name: &str, tuning: &Tuning) -> Result<InferenceModel> {
     let ext = crate::onnx::external_data::externalize(
         &bytes[..],
         ".",
@@ -178,8 +180,16 @@ fn import(bytes: &Arc<memmap2::Mmap>, name: &str) -> Result<InferenceModel> {
     let mut proto = tract_onnx::pb::ModelProto::decode(&ext.proto[..])
         .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     drop(ext);
-    let fused = crate::engine::tract::int8::fuse_model(&mut proto);
-    let attention = crate::engine::tract::attention::fuse_model(&mut proto);
+    let fused = if tuning.tract_int8 {
+        crate::engine::tract::int8::fuse_model(&mut proto)
+    } else {
+        0
+    };
+    let attention = if tuning.tract_attention {
+        crate::engine::tract::attention::fuse_model(&mut proto)
+    } else {
+        0
+    };
     log::debug!("{name}: {fused} int8 linear chains and {attention} attention blocks fused");
     let mut onnx = onnx();
     onnx.provider = Arc::new(crate::onnx::external_data::MappedResolver {
@@ -220,7 +230,9 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
     // a symbolic batch the plan was measured 3.9x slower (full-size encoder, batch 1: 332 ms vs
     // 85 ms). Their weights are int8, so per-size plans cost a quarter of what they cost float
     // graphs.
-    crate::engine::tract::int8::fuse_model(&mut proto);
+    if opts.tuning.tract_int8 {
+        crate::engine::tract::int8::fuse_model(&mut proto);
+    }
     let integer_ops = proto.graph.as_ref().is_some_and(|g| {
         g.node
             .iter()
@@ -276,11 +288,8 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
         symbolic_failed: std::sync::atomic::AtomicBool::new(false),
         per_size: integer_ops,
         row_bytes: std::sync::atomic::AtomicUsize::new(0),
-        tile_rows: opts.tile_rows.or_else(|| {
-            std::env::var("QWM_TRACT_TILE")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-        }),
+        tile_rows: opts.tile_rows.or(opts.tuning.tile_rows),
+        tuning: opts.tuning,
     };
     // Build the batch-1 plan now: the graph must type-check with the manifest's shapes.
     session.plan(1)?;
@@ -294,7 +303,7 @@ impl TractSession {
     /// symbolically, or `QWM_TRACT_PLAN=per-size`, gets one plan per concrete size instead
     /// (cached, each with its own weights).
     fn plan(&self, batch: usize) -> Result<Plan> {
-        let per_size = std::env::var("QWM_TRACT_PLAN").as_deref() == Ok("per-size")
+        let per_size = self.tuning.per_size_plans
             || self.per_size
             || self
                 .symbolic_failed
@@ -344,7 +353,7 @@ impl TractSession {
             )
         };
         phase("before decoding");
-        let mut model = import(&self.bytes, &self.name)?;
+        let mut model = import(&self.bytes, &self.name, &self.tuning)?;
         phase("imported");
         let sym = model.sym("B");
         let b: TDim = match batch {
@@ -514,7 +523,7 @@ pub fn op_profile(
     top: usize,
 ) -> Result<super::OpProfile> {
     let name = graph.spec.file.clone();
-    let mut model = import(&graph.bytes, &name)?;
+    let mut model = import(&graph.bytes, &name, &Tuning::from_env())?;
     let inputs = crate::engine::random_inputs(graph, batch, 0);
     let mut tv: TVec<TValue> = tvec![];
     for (i, (n, shape, data)) in inputs.iter().enumerate() {

@@ -4,7 +4,7 @@
 //!
 //! Why: tract 0.23 maps MatMulNBits (bits 4, block 32) onto its Q4_0 block-quant matmul, which
 //! keeps the weight small but unpacks inside the matmul packer for every tile: at CEM's batch
-//! sizes it ran at 0.43x the float model's throughput (issue 8). Every other shape tract
+//! sizes it ran at 0.43x the float model's throughput. Every other shape tract
 //! dequantizes to a resident f32 weight, which loses the memory saving. Dequantizing once per
 //! call costs `N x K` operations against the product's `M x N x K`, where M (candidates x
 //! tokens) is in the thousands while planning, so the call runs at float speed while only the

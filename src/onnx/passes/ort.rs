@@ -1,6 +1,6 @@
 //! Graph rewrites that hand ONNX Runtime its own fused CPU kernels (com.microsoft contrib ops) for
 //! what qwm's graphs spell out in standard operators. Applied to the graph's structure when it is
-//! loaded ([`crate::engine::ort`]); the bundle's files stay standard ONNX.
+//! loaded (`crate::engine::ort`, with the `ort` feature); the bundle's files stay standard ONNX.
 //!
 //! - The deploy form's int8 layer `MatMulInteger -> Cast(float) -> Mul(scale) [-> Add(bias)]`
 //!   becomes `MatMulIntegerToFloat(a, w, 1, scale, a_zero, w_zero [, bias])`: the same integer
@@ -15,7 +15,7 @@
 //! products (its own optimizer fuses neither pattern). Rewritten, the call took 753 ms against
 //! 984 ms. Against the unrewritten graphs, the predictors' outputs (full-size and shipped) are
 //! bit-identical (same MLAS products and softmax) and the encoders' (no mask) within 5.1e-7 of
-//! max |output|. Both rewrites apply to float and quantized graphs alike. `QWM_ORT_FUSE=off`
+//! max |output|. Both rewrites apply to float and quantized graphs alike. `QWM_ORT_FUSE=off` ([`crate::engine::Tuning`])
 //! turns them off, for comparisons.
 //!
 //! An attention chain is rewritten only when everything `MultiHeadAttention` needs is known from
@@ -32,11 +32,6 @@ use tract_onnx::pb::{
     NodeProto, OperatorSetIdProto,
 };
 
-/// Whether the rewrites are on (`QWM_ORT_FUSE` is not `off`).
-pub fn enabled() -> bool {
-    std::env::var("QWM_ORT_FUSE").as_deref() != Ok("off")
-}
-
 /// What [`fuse_model`] rewrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fused {
@@ -46,11 +41,8 @@ pub struct Fused {
     pub attention: usize,
 }
 
-/// Both rewrites on a model (see the module docs), when [`enabled`].
+/// Both rewrites on a model (see the module docs).
 pub fn fuse_model(m: &mut ModelProto) -> Fused {
-    if !enabled() {
-        return Fused::default();
-    }
     let opset = crate::onnx::index::default_opset(m);
     let Some(g) = m.graph.as_mut() else {
         return Fused::default();
