@@ -1,56 +1,10 @@
-//! `qwm quantize`: flags resolved into a [`crate::quant::QuantizeConfig`], then one call.
+//! `qwm quantize`: flags ([`QuantizeArgs`], in `quant::settings`) resolved into a [`crate::quant::QuantizeConfig`], then one call.
 
 use crate::engine::make_backend;
 use anyhow::{Context, Result};
-use clap::Args;
-use std::path::PathBuf;
 use std::time::Instant;
 
-/// Flags of `qwm quantize`.
-#[derive(Args, Debug)]
-#[command(allow_negative_numbers = true)]
-pub struct QuantizeArgs {
-    /// Float bundle.
-    #[arg(long, default_value = "models/wall")]
-    pub model: PathBuf,
-    /// Output bundle folder.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Method.
-    #[arg(long, value_enum, default_value_t = crate::quant::Method::Rtn)]
-    pub method: crate::quant::Method,
-    /// Encoder scheme: float or w<bits>[a<bits>][-g<size>][-token].
-    #[arg(long, default_value = "float")]
-    pub encoder: String,
-    /// Predictor scheme: float or w<bits>[a<bits>][-g<size>][-token].
-    #[arg(long, default_value = "float")]
-    pub predictor: String,
-    /// Form: `simulate` (faithful QDQ fake quantization: measures accuracy) or `deploy` (the
-    /// same function on integer / packed operators: w4-g16..128 as com.microsoft MatMulNBits,
-    /// w8a8 static as MatMulInteger; other schemes are refused).
-    #[arg(long, value_enum, default_value_t = crate::bundle::Form::Simulate)]
-    pub form: crate::bundle::Form,
-    /// ONNX Runtime's MatMulNBits accuracy level for the deploy form's 4-bit layers: 0 (float
-    /// activations: the scheme's exact function) or 4 (int8 activations per block: faster on
-    /// ONNX Runtime, approximate; tract ignores it).
-    #[arg(long, default_value_t = 0)]
-    pub accuracy_level: u8,
-    /// Calibration episodes (task seeds 99 n + 2, distinct from evaluation seeds 99 n + 1).
-    #[arg(long, default_value_t = 4)]
-    pub calib_episodes: usize,
-    /// MPC iterations per calibration episode.
-    #[arg(long, default_value_t = 2)]
-    pub calib_iters: usize,
-    /// CEM samples during calibration.
-    #[arg(long, default_value_t = 100)]
-    pub calib_samples: usize,
-    /// SmoothQuant migration strength.
-    #[arg(long, default_value_t = 0.5)]
-    pub smooth_alpha: f32,
-    /// Worker threads.
-    #[arg(long)]
-    pub threads: Option<usize>,
-}
+pub use crate::quant::settings::QuantizeArgs;
 
 /// `qwm quantize`.
 pub fn quantize(args: QuantizeArgs) -> Result<()> {

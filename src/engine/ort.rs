@@ -270,7 +270,7 @@ fn commit(
              load it without --low-mem",
         ));
     } else {
-        let fused = fused_proto(name, &graph.bytes[..], tuning)?;
+        let fused = fused_proto(name, &graph.bytes[..], None, tuning)?;
         let mut builder = builder;
         builder
             .commit_from_memory(fused.as_deref().unwrap_or(&graph.bytes[..]))
@@ -336,28 +336,50 @@ fn load_from_file(
             dir_text,
         )
         .map_err(|e| err(name, e))?;
-    let fused = fused_proto(name, &ext.proto, tuning)?;
+    let fused = fused_proto(name, &ext.proto, Some(&graph.bytes[..]), tuning)?;
     builder
         .commit_from_memory(fused.as_deref().unwrap_or(&ext.proto))
         .map_err(|e| err(name, format!("cannot load graph: {e}")))
 }
 
+/// Whether ONNX Runtime's `uint8 x int8` products are exact on this CPU: they are with VNNI
+/// (and off x86), not on AVX2 alone (see [`crate::onnx::passes::ort::unsigned_int8_weights`]).
+fn signed_weights_exact() -> bool {
+    !cfg!(target_arch = "x86_64") || crate::kernels::int8_gemm::has_vnni()
+}
+
 /// The graph's protobuf with [`crate::onnx::passes::ort`]'s rewrites, or `None` when they change
-/// nothing (or are off).
-fn fused_proto(name: &str, proto: &[u8], tuning: &Tuning) -> Result<Option<Vec<u8>>> {
+/// nothing: the fusions (unless [`Tuning::ort_fusion`] is off) and, on CPUs where ONNX Runtime's
+/// signed-weight products saturate, unsigned weights (always: it is what makes them exact).
+fn fused_proto(
+    name: &str,
+    proto: &[u8],
+    file: Option<&[u8]>,
+    tuning: &Tuning,
+) -> Result<Option<Vec<u8>>> {
     use prost::Message;
-    if !tuning.ort_fusion {
+    let unsigned = !signed_weights_exact();
+    if !tuning.ort_fusion && !unsigned {
         return Ok(None);
     }
     let mut m = tract_onnx::pb::ModelProto::decode(proto)
         .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
-    let fused = crate::onnx::passes::ort::fuse_model(&mut m);
+    let fused = if tuning.ort_fusion {
+        crate::onnx::passes::ort::fuse_model(&mut m)
+    } else {
+        Default::default()
+    };
+    let converted = if unsigned {
+        crate::onnx::passes::ort::unsigned_int8_weights(&mut m, file)
+    } else {
+        0
+    };
     log::debug!(
-        "{name}: {} int8 products and {} attention blocks handed to ONNX Runtime's fused kernels",
+        "{name}: {} int8 products and {} attention blocks handed to ONNX Runtime's fused kernels; {converted} products on unsigned weights",
         fused.int8_linears,
         fused.attention
     );
-    if fused == crate::onnx::passes::ort::Fused::default() {
+    if fused == crate::onnx::passes::ort::Fused::default() && converted == 0 {
         return Ok(None);
     }
     Ok(Some(m.encode_to_vec()))

@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod fit;
 pub mod qdq;
 pub mod scheme;
+pub mod settings;
 pub mod weights;
 
 use crate::bundle::record::{CalibRecord, QuantRecord};

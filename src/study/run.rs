@@ -15,6 +15,7 @@ use crate::bundle::Bundle;
 use crate::error::{QwmError, Result};
 use crate::onnx::proto as onnx;
 use crate::quant::scheme::Scheme;
+use crate::quant::settings::QuantizeArgs;
 use crate::runtime::report::PlanReport;
 use crate::runtime::settings::{PlanArgs, RunArgs};
 use crate::util::stats::spearman;
@@ -510,18 +511,15 @@ fn start(opts: &StudyOptions, job: Job, mp: &MultiProgress) -> Result<Running> {
                 .expect("bundle of a cell");
             let (enc, pred) = cell.module_schemes();
             let _ = std::fs::remove_dir_all(tmp);
-            cmd.arg("quantize")
-                .arg("--model")
-                .arg(&c.model)
-                .arg("--out")
-                .arg(tmp)
-                .args([
-                    "--method",
-                    super::method_name(cell.method.expect("quantized")),
-                ])
-                .args(["--encoder", enc, "--predictor", pred])
-                .args(["--calib-episodes", &c.calib_episodes.to_string()])
-                .args(["--threads", &opts.threads.to_string()]);
+            let args = QuantizeArgs {
+                method: cell.method.expect("quantized"),
+                encoder: enc.to_string(),
+                predictor: pred.to_string(),
+                calib_episodes: c.calib_episodes,
+                threads: Some(opts.threads),
+                ..QuantizeArgs::with_defaults(c.model.clone(), tmp.clone())
+            };
+            cmd.arg("quantize").args(args.to_args());
             let bar = mp.add(ProgressBar::new_spinner());
             bar.set_message(format!("quantizing {name}"));
             bar.enable_steady_tick(Duration::from_millis(200));

@@ -1,0 +1,136 @@
+//! The flags of `qwm quantize` as one type: parsed by the command line, and turned back into
+//! arguments for a child `qwm quantize` process ([`QuantizeArgs::to_args`], used by the study).
+
+use clap::Args;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Flags of `qwm quantize`.
+#[derive(Args, Debug, Clone, PartialEq)]
+#[command(allow_negative_numbers = true)]
+pub struct QuantizeArgs {
+    /// Float bundle.
+    #[arg(long, default_value = "models/wall")]
+    pub model: PathBuf,
+    /// Output bundle folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Method.
+    #[arg(long, value_enum, default_value_t = crate::bundle::Method::Rtn)]
+    pub method: crate::bundle::Method,
+    /// Encoder scheme: float or w<bits>[a<bits>][-g<size>][-token].
+    #[arg(long, default_value = "float")]
+    pub encoder: String,
+    /// Predictor scheme: float or w<bits>[a<bits>][-g<size>][-token].
+    #[arg(long, default_value = "float")]
+    pub predictor: String,
+    /// Form: `simulate` (faithful QDQ fake quantization: measures accuracy) or `deploy` (the
+    /// same function on integer / packed operators: w4-g16..128 as com.microsoft MatMulNBits,
+    /// w8a8 static as MatMulInteger; other schemes are refused).
+    #[arg(long, value_enum, default_value_t = crate::bundle::Form::Simulate)]
+    pub form: crate::bundle::Form,
+    /// ONNX Runtime's MatMulNBits accuracy level for the deploy form's 4-bit layers: 0 (float
+    /// activations: the scheme's exact function) or 4 (int8 activations per block: faster on
+    /// ONNX Runtime, approximate; tract ignores it).
+    #[arg(long, default_value_t = 0)]
+    pub accuracy_level: u8,
+    /// Calibration episodes (task seeds 99 n + 2, distinct from evaluation seeds 99 n + 1).
+    #[arg(long, default_value_t = 4)]
+    pub calib_episodes: usize,
+    /// MPC iterations per calibration episode.
+    #[arg(long, default_value_t = 2)]
+    pub calib_iters: usize,
+    /// CEM samples during calibration.
+    #[arg(long, default_value_t = 100)]
+    pub calib_samples: usize,
+    /// SmoothQuant migration strength.
+    #[arg(long, default_value_t = 0.5)]
+    pub smooth_alpha: f32,
+    /// Worker threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl QuantizeArgs {
+    /// `qwm quantize --model MODEL --out OUT` with every other flag at its default.
+    pub fn with_defaults(model: PathBuf, out: PathBuf) -> QuantizeArgs {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            q: QuantizeArgs,
+        }
+        let argv: [OsString; 5] = [
+            "qwm-quantize".into(),
+            "--model".into(),
+            model.into(),
+            "--out".into(),
+            out.into(),
+        ];
+        <Wrap as clap::Parser>::parse_from(argv).q
+    }
+
+    /// The `qwm quantize` arguments (after the subcommand) that parse back into these flags.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        let mut flag = |name: &str, value: OsString| {
+            v.push(format!("--{name}").into());
+            v.push(value);
+        };
+        flag("model", self.model.clone().into());
+        flag("out", self.out.clone().into());
+        flag("method", self.method.name().into());
+        flag("encoder", self.encoder.clone().into());
+        flag("predictor", self.predictor.clone().into());
+        flag("form", self.form.name().into());
+        flag("accuracy-level", self.accuracy_level.to_string().into());
+        flag("calib-episodes", self.calib_episodes.to_string().into());
+        flag("calib-iters", self.calib_iters.to_string().into());
+        flag("calib-samples", self.calib_samples.to_string().into());
+        flag("smooth-alpha", self.smooth_alpha.to_string().into());
+        if let Some(t) = self.threads {
+            flag("threads", t.to_string().into());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        q: QuantizeArgs,
+    }
+
+    #[test]
+    fn to_args_parses_back_into_the_same_flags() {
+        let parse = |argv: Vec<OsString>| {
+            let mut a: Vec<OsString> = vec!["qwm-quantize".into()];
+            a.extend(argv);
+            Wrap::try_parse_from(a).expect("parses").q
+        };
+        let d = parse(vec!["--out".into(), "o".into()]);
+        assert_eq!(
+            QuantizeArgs::with_defaults("models/wall".into(), "o".into()),
+            d
+        );
+        assert_eq!(parse(d.to_args()), d);
+        let a = QuantizeArgs {
+            method: crate::bundle::Method::Smoothquant,
+            encoder: "w8a8".into(),
+            predictor: "w4a8-g128-token".into(),
+            form: crate::bundle::Form::Deploy,
+            accuracy_level: 4,
+            calib_episodes: 2,
+            calib_iters: 3,
+            calib_samples: 30,
+            smooth_alpha: 0.25,
+            threads: Some(2),
+            ..d
+        };
+        assert_eq!(parse(a.to_args()), a);
+    }
+}
