@@ -18,11 +18,19 @@ pub struct QuantizeArgs {
     /// Method.
     #[arg(long, value_enum, default_value_t = crate::bundle::Method::Rtn)]
     pub method: crate::bundle::Method,
-    /// Encoder scheme: float or w<bits>[a<bits>][-g<size>][-token].
-    #[arg(long, default_value = "float")]
+    /// Encoder scheme (`float` or `w<bits>[a<bits>][-g<size>][-token]`).
+    #[arg(
+        long,
+        default_value = "float",
+        help = "Encoder scheme: float or w<bits>[a<bits>][-g<size>][-token]"
+    )]
     pub encoder: String,
-    /// Predictor scheme: float or w<bits>[a<bits>][-g<size>][-token].
-    #[arg(long, default_value = "float")]
+    /// Predictor scheme (`float` or `w<bits>[a<bits>][-g<size>][-token]`).
+    #[arg(
+        long,
+        default_value = "float",
+        help = "Predictor scheme: float or w<bits>[a<bits>][-g<size>][-token]"
+    )]
     pub predictor: String,
     /// Form: `simulate` (faithful QDQ fake quantization: measures accuracy) or `deploy` (the
     /// same function on integer / packed operators: w4-g16..128 as com.microsoft MatMulNBits,
