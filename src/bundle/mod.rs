@@ -383,7 +383,7 @@ pub struct Bundle {
 /// Read and validate `dir/manifest.json` without touching the graphs.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| QwmError::io(&path, e))?;
+    let text = crate::util::fs::read_text(&path).map_err(|e| QwmError::io(&path, e))?;
     parse_manifest(&text, &path)
 }
 
@@ -406,7 +406,7 @@ pub fn parse_manifest(text: &str, path: &Path) -> Result<Manifest> {
 
 fn map_graph(dir: &Path, spec: &GraphSpec, verify: bool) -> Result<MappedGraph> {
     let path = dir.join(&spec.file);
-    let file = std::fs::File::open(&path).map_err(|e| QwmError::io(&path, e))?;
+    let file = crate::util::fs::open_regular(&path).map_err(|e| QwmError::io(&path, e))?;
     let len = file.metadata().map_err(|e| QwmError::io(&path, e))?.len();
     if len != spec.bytes {
         return Err(QwmError::bundle(
@@ -444,8 +444,10 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let data = std::fs::read(path).map_err(|e| QwmError::io(path, e))?;
-    Ok(hex(&Sha256::digest(&data)))
+    let mut file = crate::util::fs::open_regular(path).map_err(|e| QwmError::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut file, &mut h).map_err(|e| QwmError::io(path, e))?;
+    Ok(hex(&h.finalize()))
 }
 
 impl Bundle {

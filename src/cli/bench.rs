@@ -119,7 +119,7 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: BackendKind) -> Resu
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            let text = std::fs::read_to_string(&json)
+            let text = crate::util::fs::read_text(&json)
                 .with_context(|| format!("reading {}", json.display()))?;
             let report: crate::runtime::bench::BenchReport = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a qwm bench report", json.display()))?;
@@ -204,7 +204,7 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: BackendKind) -> Resu
     println!("resident = RSS after loading the predictor minus RSS before (what the backend keeps: weights, prepacked or packed, and plans);");
     println!("load peak = peak RSS while loading minus RSS before; peak RSS run = the process's VmHWM after the timed calls (the mapped bundle included)");
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+        crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
@@ -281,7 +281,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             onnxruntime_python: py,
             qwm: r,
         };
-        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+        crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -191,7 +191,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         "probe": {"tasks": args.tasks, "candidates": args.candidates, "horizon": 5, "seed": args.seed},
     });
     let fit_json = args.out.join("fit.json");
-    std::fs::write(&fit_json, serde_json::to_string_pretty(&report)?)
+    crate::util::fs::write_atomic(&fit_json, serde_json::to_string_pretty(&report)?.as_bytes())
         .with_context(|| format!("writing {}", fit_json.display()))?;
     println!("wrote {} (and {})", args.out.display(), fit_json.display());
     let Some((u, scheme)) = uniform else {

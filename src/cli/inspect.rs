@@ -140,7 +140,7 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         );
     }
     if let Some(p) = json {
-        std::fs::write(&p, serde_json::to_string_pretty(&r)?)
+        crate::util::fs::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())
             .with_context(|| format!("writing {}", p.display()))?;
     }
     if !r.pass() {

@@ -44,11 +44,10 @@ pub fn plan(args: PlanArgs) -> Result<Summary> {
     };
     cfg.validate()?;
     if let Some(path) = &args.json {
-        // Fail now, not after the episodes, when the report cannot be written.
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, b"")
+        // Fail now, not after the episodes, when the report cannot be written (touching
+        // nothing but a temporary file of its own).
+        crate::util::fs::check_writable(path)
             .with_context(|| format!("--json: cannot write {}", path.display()))?;
-        let _ = std::fs::remove_file(&tmp);
     }
     let backend = make_backend_with(backend_name, args.run.ort_lib.as_deref())?;
     let t0 = Instant::now();
@@ -167,10 +166,7 @@ pub fn plan(args: PlanArgs) -> Result<Summary> {
                 complete,
             };
             let text = serde_json::to_string_pretty(&report)?;
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, text)
-                .with_context(|| format!("--json: cannot write {}", tmp.display()))?;
-            std::fs::rename(&tmp, path)
+            crate::util::fs::write_atomic(path, text.as_bytes())
                 .with_context(|| format!("--json: cannot write {}", path.display()))?;
             Ok(())
         };
@@ -273,10 +269,9 @@ pub fn previous_episodes(
 }
 
 pub fn write_png(path: &Path, f: &crate::env::Frame) -> Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut png_bytes = Vec::new();
     let mut enc = png::Encoder::new(
-        std::io::BufWriter::new(file),
+        &mut png_bytes,
         f.width as u32,
         f.height as u32,
     );
@@ -284,6 +279,8 @@ pub fn write_png(path: &Path, f: &crate::env::Frame) -> Result<()> {
     enc.set_depth(png::BitDepth::Eight);
     enc.write_header()?
         .write_image_data(&f.data)
+        .with_context(|| format!("encoding {}", path.display()))?;
+    crate::util::fs::write_atomic(path, &png_bytes)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

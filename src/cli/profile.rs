@@ -193,7 +193,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
             "per_mpc_step_s": {"encoder": enc, "predictor": pred, "planner": plan_s - pred, "env": env_s, "total": step},
             "operators": ops,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+        crate::util::fs::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

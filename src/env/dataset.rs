@@ -300,7 +300,7 @@ impl Dataset {
     /// Read a dataset written by [`Dataset::write`], checking that the arrays agree.
     pub fn read(dir: &Path) -> Result<Dataset> {
         let path = dir.join("meta.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| QwmError::io(&path, e))?;
+        let text = crate::util::fs::read_text(&path).map_err(|e| QwmError::io(&path, e))?;
         let meta: DatasetMeta = serde_json::from_str(&text)
             .map_err(|e| QwmError::io(&path, std::io::Error::other(e.to_string())))?;
         let ds = Dataset {

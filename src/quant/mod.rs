@@ -510,7 +510,5 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| QwmError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| QwmError::io(path, e))
+    crate::util::fs::write_atomic(path, bytes).map_err(|e| QwmError::io(path, e))
 }

@@ -103,7 +103,7 @@ fn sorted_keys<S: serde::Serializer>(c: &PlanConfig, s: S) -> Result<S::Ok, S::E
 impl PlanReport {
     /// Read a report written by `qwm plan --json`; the error says what is wrong with the file.
     pub fn read(path: &std::path::Path) -> crate::Result<PlanReport> {
-        let text = std::fs::read_to_string(path).map_err(|e| crate::QwmError::io(path, e))?;
+        let text = crate::util::fs::read_text(path).map_err(|e| crate::QwmError::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| {
             crate::QwmError::Usage(format!("{}: not a qwm plan report: {e}", path.display()))
         })

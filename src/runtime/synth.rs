@@ -555,7 +555,7 @@ pub fn write_bundle(a: &Arch, out: &Path, seed: u64, like: Option<&Manifest>) ->
         ),
     ] {
         let path = out.join(file);
-        std::fs::write(&path, crate::onnx::proto::encode(proto))
+        crate::util::fs::write_atomic(&path, &crate::onnx::proto::encode(proto))
             .map_err(|e| QwmError::io(&path, e))?;
         let ts = |v: Vec<(&str, Vec<i64>)>| {
             v.into_iter()
@@ -614,7 +614,7 @@ pub fn write_bundle(a: &Arch, out: &Path, seed: u64, like: Option<&Manifest>) ->
     };
     let text = serde_json::to_string_pretty(&m).expect("manifest serializes");
     let path = out.join("manifest.json");
-    std::fs::write(&path, text).map_err(|e| QwmError::io(&path, e))?;
+    crate::util::fs::write_atomic(&path, text.as_bytes()).map_err(|e| QwmError::io(&path, e))?;
     crate::bundle::read_manifest(out)?;
     Ok(m)
 }

@@ -87,7 +87,7 @@ pub fn load(name_or_path: &str) -> Result<BoardProfile> {
             }
         }
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = crate::util::fs::read_text(&path).map_err(|e| {
         QwmError::Usage(format!("--target {}: cannot read it: {e}", path.display()))
     })?;
     let p: BoardProfile = toml::from_str(&text)

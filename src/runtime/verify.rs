@@ -49,9 +49,24 @@ impl VerifyReport {
     }
 }
 
+/// A fixture array: read only from a regular file (a FIFO is refused, not waited on), and only
+/// finite values (a reference with NaN or Inf would let any output pass or fail).
 fn fixture(bundle: &Path, name: &str) -> Result<ArrayD<f32>> {
+    use ndarray_npy::ReadNpyExt;
     let p = bundle.join("fixtures").join(format!("{name}.npy"));
-    ndarray_npy::read_npy(&p).map_err(|e| QwmError::bundle(&p, format!("cannot read fixture: {e}")))
+    let file = crate::util::fs::open_regular(&p).map_err(|e| QwmError::io(&p, e))?;
+    let a = ArrayD::<f32>::read_npy(std::io::BufReader::new(file))
+        .map_err(|e| QwmError::bundle(&p, format!("cannot read fixture: {e}")))?;
+    if let Some(i) = a.iter().position(|v| !v.is_finite()) {
+        return Err(QwmError::bundle(
+            &p,
+            format!(
+                "fixture holds a non-finite value ({} at flat index {i}): a reference must be finite",
+                a.iter().nth(i).copied().unwrap_or(f32::NAN)
+            ),
+        ));
+    }
+    Ok(a)
 }
 
 fn has_fixture(bundle: &Path, name: &str) -> bool {

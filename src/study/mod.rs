@@ -208,7 +208,7 @@ pub fn method_name(m: Method) -> &'static str {
 impl StudyConfig {
     /// Read and validate a config file; relative paths become relative to its folder.
     pub fn load(path: &Path) -> Result<StudyConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| QwmError::io(path, e))?;
+        let text = crate::util::fs::read_text(path).map_err(|e| QwmError::io(path, e))?;
         let mut cfg: StudyConfig = toml::from_str(&text)
             .map_err(|e| QwmError::Usage(format!("study config {}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -490,7 +490,7 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Vec<CellResult>> {
                 path.display()
             )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| QwmError::io(path, e))?;
+        let text = crate::util::fs::read_text(path).map_err(|e| QwmError::io(path, e))?;
         let lines: Vec<&str> = text.lines().collect();
         for (n, line) in lines.iter().enumerate() {
             if line.trim().is_empty() {

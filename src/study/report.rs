@@ -47,7 +47,8 @@ fn register_font(font: Option<&Path>) -> Result<()> {
                     )
                 })?,
         };
-        let bytes = std::fs::read(&path).map_err(|e| format!("--font {}: {e}", path.display()))?;
+        let bytes = crate::util::fs::read_regular(&path, 64 << 20)
+            .map_err(|e| format!("--font {}: {e}", path.display()))?;
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
             .map_err(|_| format!("--font {}: not a TrueType/OpenType font", path.display()))
@@ -478,7 +479,7 @@ pub fn write_report(
 
     let md = markdown(results, budget, &charts, &notes);
     let path = out.join("report.md");
-    std::fs::write(&path, md).map_err(|e| QwmError::io(&path, e))?;
+    crate::util::fs::write_atomic(&path, md.as_bytes()).map_err(|e| QwmError::io(&path, e))?;
     files.push(path);
     Ok(files)
 }

@@ -86,7 +86,7 @@ fn check_study_file(opts: &StudyOptions) -> Result<()> {
     let want = fixed_settings(opts);
     let json = |s: &FixedSettings| serde_json::to_string(s).expect("json");
     if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(|e| QwmError::io(&path, e))?;
+        let text = crate::util::fs::read_text(&path).map_err(|e| QwmError::io(&path, e))?;
         let have: FixedSettings = serde_json::from_str(&text).map_err(|e| {
             QwmError::Usage(format!("{}: not a qwm study file: {e}", path.display()))
         })?;
@@ -109,9 +109,7 @@ fn check_study_file(opts: &StudyOptions) -> Result<()> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| QwmError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| QwmError::io(path, e))
+    crate::util::fs::write_atomic(path, bytes).map_err(|e| QwmError::io(path, e))
 }
 
 /// Bytes of the float32 weights of each graph of a bundle: (encoder, predictor).
@@ -206,7 +204,7 @@ fn episodes_done(path: &Path) -> usize {
     struct Episodes {
         episodes: Vec<serde::de::IgnoredAny>,
     }
-    std::fs::read_to_string(path)
+    crate::util::fs::read_text(path)
         .ok()
         .and_then(|t| serde_json::from_str::<Episodes>(&t).ok())
         .map(|r| r.episodes.len())
