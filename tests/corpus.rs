@@ -431,6 +431,11 @@ fn flag_cases() -> Vec<Case> {
         (&["--var-scale", "-1"], "--var-scale"),
         (&["--var-scale", "nan"], "--var-scale"),
         (&["--var-scale", "inf"], "--var-scale"),
+        (&["--var-scale", "-inf"], "--var-scale"),
+        (
+            &["--planner", "mppi", "--temperature", "-1e-30"],
+            "--temperature",
+        ),
         (
             &["--planner", "mppi", "--temperature", "-1"],
             "--temperature",
@@ -533,6 +538,10 @@ fn flag_cases() -> Vec<Case> {
         "w8a8a8",
         "w4--g32",
         "W8",
+        "w+8",
+        "w08",
+        "w4-g+32",
+        "w4-g032",
     ] {
         add(&format!("quantize scheme {scheme}"), q(scheme), "--encoder");
     }
@@ -545,6 +554,9 @@ fn flag_cases() -> Vec<Case> {
     let mut v = q("w8");
     v.extend(s(&["--form", "deploy"]));
     add("quantize deploy form", v, "--form");
+    let mut v = q("w8");
+    v.extend(s(&["--threads", "0"]));
+    add("quantize zero threads", v, "--threads");
     let mut v = q("w8a8");
     v.extend(s(&["--calib-episodes", "0"]));
     add("quantize zero calibration episodes", v, "--calib-episodes");

@@ -26,7 +26,12 @@ fn qwm(args: &[&str]) -> (bool, String) {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             assert!(!err.contains("panicked at"), "qwm {args:?} panicked: {err}");
             return (status.success(), err);
         }
@@ -41,7 +46,11 @@ fn qwm(args: &[&str]) -> (bool, String) {
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {path:?}");
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {path:?}"
+    );
 }
 
 fn sha(path: &Path) -> String {
@@ -76,7 +85,10 @@ fn fifos_in_place_of_inputs_are_refused_at_once() {
         mkfifo(&b.join(f));
         let (ok, err) = qwm(&["inspect", b.to_str().unwrap()]);
         assert!(!ok, "inspect with a FIFO {f} succeeded");
-        assert!(err.contains(f) && err.contains("not a regular file"), "{f}: {err}");
+        assert!(
+            err.contains(f) && err.contains("not a regular file"),
+            "{f}: {err}"
+        );
     }
     // A FIFO fixture (verify), --json --resume report, study config, board profile, report font.
     let b = copy_wall(&tmp.path().join("fixture"));
@@ -93,7 +105,14 @@ fn fifos_in_place_of_inputs_are_refused_at_once() {
     for (args, what) in [
         (
             vec![
-                "plan", "--model", w, "--episodes", "1", "--json", f, "--resume",
+                "plan",
+                "--model",
+                w,
+                "--episodes",
+                "1",
+                "--json",
+                f,
+                "--resume",
             ],
             "fifo.json",
         ),
@@ -142,7 +161,12 @@ fn planted_symlinks_are_replaced_not_written_through() {
     ]);
     assert!(ok, "{err}");
     for (p, h) in &hashes {
-        assert_eq!(&sha(p), h, "{} changed through a planted symlink", p.display());
+        assert_eq!(
+            &sha(p),
+            h,
+            "{} changed through a planted symlink",
+            p.display()
+        );
     }
     assert!(!out.join("manifest.json").is_symlink());
     // `plan --json R`: a symlink at R and at R's old temporary name R.json.tmp.
@@ -170,7 +194,9 @@ fn planted_symlinks_are_replaced_not_written_through() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
-    assert!(std::fs::read_to_string(&report).unwrap().contains("\"episodes\""));
+    assert!(std::fs::read_to_string(&report)
+        .unwrap()
+        .contains("\"episodes\""));
 }
 
 #[test]

@@ -66,9 +66,16 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: BackendKind) -> Resu
         Some(g @ ("predictor" | "encoder")) => vec![g],
         Some(other) => bail!("--graph {other}: expected predictor, encoder or both"),
     };
+    if args.encoder_batch == 0 {
+        bail!("--encoder-batch must be at least 1");
+    }
     let exe = std::env::current_exe().context("locating the qwm executable")?;
-    let tmp = std::env::temp_dir().join(format!("qwm-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // A fresh folder of its own (random name, created exclusively) for the children's reports.
+    let tmp_dir = tempfile::Builder::new()
+        .prefix("qwm-bench-")
+        .tempdir()
+        .context("creating a temporary folder")?;
+    let tmp = tmp_dir.path().to_path_buf();
     let mut rows = vec![];
     for model in &args.model {
         let b = Bundle::open(model)?;
@@ -133,7 +140,7 @@ fn bench_compare(args: &BenchArgs, threads: usize, backend: BackendKind) -> Resu
         }
         rows.push(row);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
+    drop(tmp_dir);
     println!(
         "qwm bench on {backend} ({threads} threads): predictor batch {}, encoder batch {}, {} calls each; x = ratio to the first bundle",
         args.batch, args.encoder_batch, args.iters

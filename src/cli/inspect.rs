@@ -128,7 +128,11 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     } = args;
     let b = Bundle::open(&model)?;
     let be = make_backend_with(backend, ort_lib.as_deref())?;
-    let r = crate::runtime::verify::verify(&b, be.as_ref(), threads.max(1))?;
+    let r = crate::runtime::verify::verify(
+        &b,
+        be.as_ref(),
+        super::args::default_threads(Some(threads))?,
+    )?;
     println!("{} on {}:", model.display(), r.backend);
     for c in &r.checks {
         println!(

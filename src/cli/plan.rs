@@ -270,11 +270,7 @@ pub fn previous_episodes(
 
 pub fn write_png(path: &Path, f: &crate::env::Frame) -> Result<()> {
     let mut png_bytes = Vec::new();
-    let mut enc = png::Encoder::new(
-        &mut png_bytes,
-        f.width as u32,
-        f.height as u32,
-    );
+    let mut enc = png::Encoder::new(&mut png_bytes, f.width as u32, f.height as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     enc.write_header()?

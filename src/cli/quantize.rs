@@ -32,13 +32,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         calib_iters,
         calib_samples,
         smooth_alpha,
-        threads: threads
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            })
-            .max(1),
+        threads: super::args::default_threads(threads)?,
         form,
         accuracy_level,
         layer_schemes: Default::default(),

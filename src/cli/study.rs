@@ -86,11 +86,16 @@ pub fn study(args: StudyArgs) -> Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let threads = default_threads(
-        args.threads
-            .or(config.threads)
-            .or(Some((cores / args.jobs).max(1))),
-    )?;
+    let threads = match (args.threads, config.threads) {
+        (Some(t), _) => default_threads(Some(t))?,
+        (None, Some(t)) => default_threads(Some(t)).map_err(|_| {
+            anyhow::anyhow!(
+                "study config {}: threads {t} must be in 1..=256",
+                args.config.display()
+            )
+        })?,
+        (None, None) => default_threads(Some((cores / args.jobs).max(1)))?,
+    };
     let out = match (&args.out, &config.out) {
         (Some(o), _) => o.clone(),
         (None, Some(o)) => o.clone(),

@@ -96,12 +96,19 @@ impl Scheme {
         if per_token && act_bits.is_none() {
             return Err(bad("'-token' needs activation bits (a<bits>)"));
         }
-        Ok(Scheme {
+        let scheme = Scheme {
             weight_bits: Some(weight_bits),
             act_bits,
             group,
             per_token,
-        })
+        };
+        // One spelling per scheme: `w+8`, `w08` or `w4-g+32` would parse as numbers, but a study
+        // would list them as cells of their own.
+        let canonical = scheme.to_string();
+        if canonical != s {
+            return Err(bad(&format!("write it as '{canonical}'")));
+        }
+        Ok(scheme)
     }
 }
 
@@ -174,6 +181,12 @@ mod tests {
             "w8x",
             "w8-foo",
             "W8",
+            "w+8",
+            "w08",
+            "w4-g+32",
+            "w4-g032",
+            "w8a08",
+            "w8a+8",
         ] {
             let e = Scheme::parse(s, "--predictor")
                 .err()

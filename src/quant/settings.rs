@@ -52,7 +52,7 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 100)]
     pub calib_samples: usize,
     /// SmoothQuant migration strength.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_hyphen_values = true)]
     pub smooth_alpha: f32,
     /// Worker threads.
     #[arg(long)]

@@ -89,10 +89,10 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 10)]
     pub max_iter: usize,
     /// CEM initial std / MPPI noise (normalized action units).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub var_scale: f32,
     /// MPPI temperature relative to the spread of objectives.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true)]
     pub temperature: f32,
     /// Candidates per predictor call (default: all samples at once).
     #[arg(long)]

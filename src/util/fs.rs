@@ -109,8 +109,14 @@ mod tests {
         let f = dir.path().join("a.txt");
         std::fs::write(&f, "hello").unwrap();
         assert_eq!(read_text(&f).unwrap(), "hello");
-        assert!(read_regular(&f, 4).unwrap_err().to_string().contains("5 bytes"));
-        assert!(read_text(dir.path()).unwrap_err().to_string().contains("folder"));
+        assert!(read_regular(&f, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("5 bytes"));
+        assert!(read_text(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("folder"));
         #[cfg(unix)]
         {
             let fifo = dir.path().join("fifo");

@@ -141,15 +141,10 @@ impl Backend for TractBackend {
     fn load(&self, graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session>> {
         // A panic inside tract on a malformed graph becomes an error naming the graph.
         let name = graph.spec.file.clone();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let r = caught(|| {
             crate::util::mem::with_large_allocations_unmapped(|| load_tract(graph, opts))
-        }))
-        .unwrap_or_else(|p| {
-            Err(err(
-                &name,
-                format!("tract panicked while loading: {}", panic_text(&p)),
-            ))
-        });
+        })
+        .unwrap_or_else(|p| Err(err(&name, format!("tract panicked while loading: {p}"))));
         crate::util::mem::release_free_memory();
         r
     }
@@ -210,6 +205,30 @@ fn import(bytes: &Arc<memmap2::Mmap>, name: &str, tuning: &Tuning) -> Result<Inf
         ));
     }
     Ok(parsed.model)
+}
+
+thread_local! {
+    /// Set while [`caught`] runs tract on this thread: its panics become errors, not output.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` (tract's import, optimization or a call), turning a panic into the panic's text. The
+/// panic hook stays silent for it (the caller reports the text as an error naming the graph),
+/// so no "panicked at" reaches the user; panics elsewhere print as before.
+fn caught<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_text(&p));
+    QUIET.with(|q| q.set(was));
+    r
 }
 
 /// The text of a caught panic.
@@ -474,13 +493,10 @@ impl Session for TractSession {
         let (ordered, batch) = super::order_inputs("tract", &self.name, &self.inputs, inputs)?;
         let ranges = split_ranges(batch, self.threads);
         if ranges.len() == 1 {
-            return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_part(&ordered, 0..batch)
-            }))
-            .unwrap_or_else(|p| {
+            return caught(|| self.run_part(&ordered, 0..batch)).unwrap_or_else(|p| {
                 Err(err(
                     &self.name,
-                    format!("tract panicked while running: {}", panic_text(&p)),
+                    format!("tract panicked while running: {p}"),
                 ))
             });
         }
@@ -490,7 +506,14 @@ impl Session for TractSession {
                 .cloned()
                 .map(|r| {
                     let ordered = &ordered;
-                    s.spawn(move || self.run_part(ordered, r))
+                    s.spawn(move || {
+                        caught(|| self.run_part(ordered, r)).unwrap_or_else(|p| {
+                            Err(err(
+                                &self.name,
+                                format!("tract panicked while running: {p}"),
+                            ))
+                        })
+                    })
                 })
                 .collect();
             handles
@@ -565,4 +588,18 @@ pub fn op_profile(
     }
     let total = t0.elapsed().as_secs_f64() / reps as f64;
     super::summarize_op_times(&name, batch, total, reps, times, top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_their_text_and_the_hook_is_restored_for_others() {
+        let r: std::result::Result<(), String> = caught(|| panic!("bad graph {}", 7));
+        assert_eq!(r.unwrap_err(), "bad graph 7");
+        assert_eq!(caught(|| 3).unwrap(), 3);
+        // Outside `caught` the flag is off again: other panics print through the usual hook.
+        assert!(!QUIET.with(|q| q.get()));
+    }
 }
