@@ -432,6 +432,12 @@ fn flag_cases() -> Vec<Case> {
         (&["--var-scale", "nan"], "--var-scale"),
         (&["--var-scale", "inf"], "--var-scale"),
         (&["--var-scale", "-inf"], "--var-scale"),
+        (&["--samples", "4611686018427387904"], "--samples"),
+        (&["--samples", "1000000000"], "--samples"),
+        (
+            &["--horizon", "4611686018427387904", "--n-taken", "1"],
+            "--horizon",
+        ),
         (
             &["--planner", "mppi", "--temperature", "-1e-30"],
             "--temperature",

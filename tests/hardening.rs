@@ -216,3 +216,74 @@ fn non_finite_reference_data_fails_verify() {
         "{err}"
     );
 }
+
+#[test]
+fn sizes_from_flags_and_manifests_are_checked_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = wall();
+    let w = w.to_str().unwrap();
+    let out = tmp.path().join("o");
+    let o = out.to_str().unwrap();
+    let huge = "4611686018427387904";
+    for (args, what) in [
+        (vec!["plan", "--model", w, "--samples", huge], "--samples"),
+        (
+            vec!["plan", "--model", w, "--samples", "1000000000"],
+            "--samples",
+        ),
+        (
+            vec!["profile", "--model", w, "--samples", huge],
+            "--samples",
+        ),
+        (vec!["bench", "--model", w, "--batch", huge], "--batch"),
+        (
+            vec!["bench", "--model", w, "--batch", "1000000000"],
+            "--batch",
+        ),
+        (
+            vec![
+                "dataset",
+                "--episodes",
+                "1000000",
+                "--steps",
+                "1000",
+                "--out",
+                o,
+            ],
+            "--episodes",
+        ),
+        (
+            vec![
+                "quantize",
+                "--model",
+                w,
+                "--out",
+                o,
+                "--predictor",
+                "w8a8",
+                "--calib-samples",
+                huge,
+            ],
+            "--calib-samples",
+        ),
+    ] {
+        let (ok, err) = qwm(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            err.contains(what) && err.contains("needs"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!out.exists(), "a refused run left {o}");
+    // Manifest sizes that validation used to accept.
+    for (field, value) in [("image_size", 1u64 << 20), ("num_hist", 1 << 20)] {
+        let b = copy_wall(&tmp.path().join(field));
+        let path = b.join("manifest.json");
+        let mut m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        m[field] = value.into();
+        std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+        let (ok, err) = qwm(&["plan", "--model", b.to_str().unwrap(), "--episodes", "1"]);
+        assert!(!ok && err.contains(field), "{field}: {err}");
+    }
+}

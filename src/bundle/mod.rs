@@ -194,19 +194,22 @@ impl Manifest {
                 self.format_version
             ));
         }
-        let positive = [
-            ("image_size", self.image_size),
-            ("action_dim", self.action_dim),
-            ("frameskip", self.frameskip),
-            ("proprio_dim", self.proprio_dim),
-            ("num_hist", self.num_hist),
-            ("num_patches", self.num_patches),
-            ("visual_dim", self.visual_dim),
-            ("proprio_emb_dim", self.proprio_emb_dim),
+        // Each size within what a DINO-WM-style model can have (generous bounds: the full-size
+        // DINOv2 ViT-S/14 model is 196 px, 196 tokens of 384, 3 history frames), so that no
+        // manifest makes qwm allocate more than it could hold.
+        let sizes = [
+            ("image_size", self.image_size, 4096),
+            ("action_dim", self.action_dim, 256),
+            ("frameskip", self.frameskip, 256),
+            ("proprio_dim", self.proprio_dim, 4096),
+            ("num_hist", self.num_hist, 256),
+            ("num_patches", self.num_patches, 1 << 16),
+            ("visual_dim", self.visual_dim, 1 << 16),
+            ("proprio_emb_dim", self.proprio_emb_dim, 1 << 16),
         ];
-        for (k, v) in positive {
-            if v == 0 || v > 1 << 20 {
-                return bad(format!("{k} = {v} is out of range"));
+        for (k, v, max) in sizes {
+            if v == 0 || v > max {
+                return bad(format!("{k} = {v} is out of range (1..={max})"));
             }
         }
         if self.proprio_tokens != 1 && self.proprio_tokens != self.num_patches {

@@ -183,6 +183,12 @@ pub fn generate(
             "dataset: --image-size must be in 8..=512, got {image_size}"
         )));
     }
+    // Frames (RGB) plus states and actions of every step, before any is simulated.
+    let per_step = (image_size * image_size * 3) as u128 + 64 * 4;
+    crate::util::mem::ensure_fits(
+        &format!("dataset: --episodes {episodes} x --steps {steps} x --image-size {image_size}"),
+        episodes as u128 * (steps as u128 + 1) * per_step,
+    )?;
     if let Some(v) = speed_max {
         if !(v > 0.5 && v <= crate::env::wall::MAX_ACTION) {
             return Err(QwmError::Usage(format!(

@@ -94,6 +94,13 @@ fn calibrate(
     cfg: &QuantizeConfig,
     taps: [Vec<String>; 2],
 ) -> Result<Calibration> {
+    crate::runtime::budget::check_request(
+        &bundle.manifest,
+        cfg.calib_samples,
+        5,
+        cfg.calib_samples,
+        &format!("--calib-samples {}", cfg.calib_samples),
+    )?;
     let mut wm = WorldModel::load_tapped(
         bundle,
         backend,

@@ -102,6 +102,19 @@ pub fn bench_graph(
             "--batch and --iters must be at least 1".into(),
         ));
     }
+    // The inputs of one call, before they are drawn.
+    let spec = &graph.spec;
+    let elems: u128 = spec
+        .inputs
+        .iter()
+        .map(|t| {
+            t.shape
+                .iter()
+                .map(|&d| if d < 0 { cfg.batch as u128 } else { d as u128 })
+                .product::<u128>()
+        })
+        .sum();
+    crate::util::mem::ensure_fits(&format!("--batch {}", cfg.batch), elems * 4 * 2)?;
     let rss_before_load = crate::util::proc::rss_bytes();
     let heap_before = crate::util::mem::current_bytes();
     crate::util::mem::reset_peak();

@@ -10,6 +10,27 @@ use crate::error::{QwmError, Result};
 use crate::runtime::model::{Latent, WorldModel};
 use crate::util::mem;
 
+/// Refuse, before anything is allocated, planner settings whose buffers cannot be allocated
+/// here: the candidates (`samples x horizon` action sequences, with their means and spreads) and
+/// one predictor call of `chunk` candidates (history plus horizon frames of tokens). `what`
+/// names the flags (e.g. `--samples 300 x --horizon 5`).
+pub fn check_request(
+    manifest: &crate::bundle::Manifest,
+    samples: usize,
+    horizon: usize,
+    chunk: usize,
+    what: &str,
+) -> Result<()> {
+    let m = manifest;
+    let f32s = 4u128;
+    let step = (m.action_dim * m.frameskip) as u128;
+    let candidates = samples as u128 * horizon as u128 * step * f32s * 4;
+    let frame =
+        m.num_patches as u128 * (m.visual_dim + m.proprio_emb_dim * m.proprio_tokens) as u128;
+    let call = chunk as u128 * (m.num_hist + horizon) as u128 * frame * f32s * 2;
+    mem::ensure_fits(what, candidates + call)
+}
+
 /// Measured costs of predictor calls.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct CallCost {

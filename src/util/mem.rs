@@ -136,6 +136,29 @@ pub fn set_limit(bytes: usize) {
     LIMIT.store(bytes, Ordering::Relaxed);
 }
 
+/// Refuse, before allocating, a request of `bytes` (computed by the caller in u128, so that it
+/// cannot overflow) that cannot be allocated: more than the memory limit in force, or than the
+/// machine's physical memory. `what` names the flags or fields the size comes from.
+pub fn ensure_fits(what: &str, bytes: u128) -> Result<()> {
+    let (bound, of) = match limit() {
+        Some(l) => (l as u128, "the memory limit"),
+        None => (
+            crate::util::proc::mem_total_bytes().unwrap_or(1 << 40) as u128,
+            "this machine's memory",
+        ),
+    };
+    if bytes > bound {
+        let shown = u64::try_from(bytes)
+            .map(crate::util::fmt::fmt_bytes)
+            .unwrap_or_else(|_| format!("{bytes} bytes"));
+        return Err(QwmError::Usage(format!(
+            "{what}: needs {shown}, more than {of} ({})",
+            crate::util::fmt::fmt_bytes(bound as u64)
+        )));
+    }
+    Ok(())
+}
+
 /// Parse a size such as `512M`, `2G`, `1.5GiB`, `40000000` (binary multiples: K = 1024).
 pub fn parse_size(text: &str, flag: &str) -> Result<u64> {
     let t = text.trim();
