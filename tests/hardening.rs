@@ -287,3 +287,121 @@ fn sizes_from_flags_and_manifests_are_checked_before_allocating() {
         assert!(!ok && err.contains(field), "{field}: {err}");
     }
 }
+
+/// Rewrite `b/encoder.onnx` with `edit` and record its new size and hash in the manifest.
+fn edit_encoder(b: &Path, edit: impl FnOnce(&mut tract_onnx::pb::ModelProto)) {
+    let path = b.join("encoder.onnx");
+    let mut m = qwm::onnx::proto::decode(&std::fs::read(&path).unwrap(), "encoder.onnx").unwrap();
+    edit(&mut m);
+    let bytes = qwm::onnx::proto::encode(&m);
+    std::fs::write(&path, &bytes).unwrap();
+    let mpath = b.join("manifest.json");
+    let mut man: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    man["graphs"]["encoder"]["sha256"] = sha(&path).into();
+    man["graphs"]["encoder"]["bytes"] = (bytes.len() as u64).into();
+    std::fs::write(&mpath, serde_json::to_string(&man).unwrap()).unwrap();
+}
+
+#[test]
+fn graphs_that_disagree_with_the_manifest_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = |b: &Path| {
+        qwm(&[
+            "plan",
+            "--model",
+            b.to_str().unwrap(),
+            "--episodes",
+            "1",
+            "--max-iter",
+            "1",
+            "--samples",
+            "20",
+            "--topk",
+            "2",
+            "--opt-steps",
+            "1",
+        ])
+    };
+    // `pixels` declared int64.
+    let b = copy_wall(&tmp.path().join("dtype"));
+    edit_encoder(&b, |m| {
+        let g = m.graph.as_mut().unwrap();
+        let i = g.input.iter_mut().find(|i| i.name == "pixels").unwrap();
+        if let Some(tract_onnx::pb::type_proto::Value::TensorType(tt)) =
+            i.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            tt.elem_type = tract_onnx::pb::tensor_proto::DataType::Int64 as i32;
+        }
+    });
+    let (ok, err) = plan(&b);
+    assert!(
+        !ok && err.contains("pixels") && err.contains("Int64"),
+        "{err}"
+    );
+    // `visual` transposed: the right length, the wrong layout.
+    let b = copy_wall(&tmp.path().join("transposed"));
+    edit_encoder(&b, |m| {
+        let g = m.graph.as_mut().unwrap();
+        for n in g.node.iter_mut() {
+            for o in n.output.iter_mut() {
+                if o == "visual" {
+                    *o = "visual_raw".into();
+                }
+            }
+        }
+        g.node.push(tract_onnx::pb::NodeProto {
+            op_type: "Transpose".into(),
+            name: "qwm_test_transpose".into(),
+            input: vec!["visual_raw".into()],
+            output: vec!["visual".into()],
+            attribute: vec![tract_onnx::pb::AttributeProto {
+                name: "perm".into(),
+                r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
+                ints: vec![0, 2, 1],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let o = g.output.iter_mut().find(|o| o.name == "visual").unwrap();
+        o.r#type = None;
+    });
+    let (ok, err) = plan(&b);
+    assert!(!ok && err.contains("output 'visual' has shape"), "{err}");
+    // A Constant whose value is external data at `etc/passwd`.
+    let b = copy_wall(&tmp.path().join("constant"));
+    edit_encoder(&b, |m| {
+        let g = m.graph.as_mut().unwrap();
+        let kv = |k: &str, v: &str| tract_onnx::pb::StringStringEntryProto {
+            key: k.into(),
+            value: v.into(),
+        };
+        g.node.insert(
+            0,
+            tract_onnx::pb::NodeProto {
+                op_type: "Constant".into(),
+                name: "qwm_test_constant".into(),
+                output: vec!["qwm_test_c".into()],
+                attribute: vec![tract_onnx::pb::AttributeProto {
+                    name: "value".into(),
+                    r#type: tract_onnx::pb::attribute_proto::AttributeType::Tensor as i32,
+                    t: Some(tract_onnx::pb::TensorProto {
+                        name: "c".into(),
+                        dims: vec![4],
+                        data_type: tract_onnx::pb::tensor_proto::DataType::Float as i32,
+                        data_location: Some(1),
+                        external_data: vec![kv("location", "etc/passwd"), kv("length", "16")],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+    });
+    let (ok, err) = plan(&b);
+    assert!(
+        !ok && err.contains("qwm_test_constant") && err.contains("external data"),
+        "{err}"
+    );
+}

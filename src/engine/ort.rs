@@ -359,11 +359,14 @@ fn fused_proto(
 ) -> Result<Option<Vec<u8>>> {
     use prost::Message;
     let unsigned = !signed_weights_exact();
+    let mut m = tract_onnx::pb::ModelProto::decode(proto)
+        .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
+    // External data of the graph's own (not qwm's, which `file` is for) is refused: for a graph
+    // from a file, its initializers were checked when qwm externalized them.
+    crate::onnx::proto::refuse_external_data(&m, file.is_none()).map_err(|e| err(name, e))?;
     if !tuning.ort_fusion && !unsigned {
         return Ok(None);
     }
-    let mut m = tract_onnx::pb::ModelProto::decode(proto)
-        .map_err(|e| err(name, format!("not a valid ONNX protobuf: {e}")))?;
     let fused = if tuning.ort_fusion {
         crate::onnx::passes::ort::fuse_model(&mut m)
     } else {

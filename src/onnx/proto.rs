@@ -62,6 +62,56 @@ pub fn act_params(min: f64, max: f64, bits: u32) -> (f32, f32) {
     (scale as f32, zp as f32)
 }
 
+/// Refuse tensors that keep their data in another file (ONNX external data) anywhere in a graph:
+/// initializers, sparse initializers, and the tensors of node attributes (a `Constant`'s value),
+/// in subgraphs too. A bundle's sha256 covers only its `.onnx` files, and a location such as
+/// `etc/passwd` would make an engine read whatever file it resolves to. The error names the
+/// tensor. `initializers: false` skips the top graph's initializers, for a protobuf whose large
+/// initializers qwm itself turned into external data (after checking them).
+pub fn refuse_external_data(m: &ModelProto, initializers: bool) -> std::result::Result<(), String> {
+    fn tensor(t: &TensorProto, what: &str) -> std::result::Result<(), String> {
+        if !t.external_data.is_empty() || t.data_location == Some(1) {
+            return Err(format!(
+                "{what} '{}' keeps its data in a separate file (ONNX external data); a qwm \
+                 bundle's graphs must hold their own data",
+                t.name
+            ));
+        }
+        Ok(())
+    }
+    fn graph(g: &pb::GraphProto, initializers: bool) -> std::result::Result<(), String> {
+        for t in g.initializer.iter().filter(|_| initializers) {
+            tensor(t, "initializer")?;
+        }
+        for s in &g.sparse_initializer {
+            for t in s.values.iter().chain(&s.indices) {
+                tensor(t, "sparse initializer")?;
+            }
+        }
+        for n in &g.node {
+            for a in &n.attribute {
+                let what = format!("attribute '{}' of node '{}'", a.name, n.name);
+                for t in a.t.iter().chain(&a.tensors) {
+                    tensor(t, &what)?;
+                }
+                for s in a.sparse_tensor.iter().chain(&a.sparse_tensors) {
+                    for t in s.values.iter().chain(&s.indices) {
+                        tensor(t, &what)?;
+                    }
+                }
+                for sub in a.g.iter().chain(&a.graphs) {
+                    graph(sub, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    match &m.graph {
+        Some(g) => graph(g, initializers),
+        None => Ok(()),
+    }
+}
+
 /// Decode an ONNX file.
 pub fn decode(bytes: &[u8], what: &str) -> Result<ModelProto> {
     ModelProto::decode(bytes)

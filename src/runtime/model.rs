@@ -290,7 +290,13 @@ impl WorldModel {
         self.absorb_taps(0, &mut out);
         let m = &self.manifest;
         let (vl, el) = (self.visual_len(), m.proprio_len());
-        check_outputs("encoder", &out, &[b * vl, b * el])?;
+        check_outputs(
+            "encoder",
+            &out,
+            &[b * vl, b * el],
+            &m.graphs.encoder.outputs,
+            b,
+        )?;
         Ok((0..b)
             .map(|i| Latent {
                 visual: out[0].data[i * vl..(i + 1) * vl].to_vec(),
@@ -406,7 +412,13 @@ impl WorldModel {
             self.timers.predict += t0.elapsed();
             self.timers.predict_calls += 1;
             self.absorb_taps(1, &mut out);
-            check_outputs("predictor", &out, &[batch * vl, batch * el])?;
+            check_outputs(
+                "predictor",
+                &out,
+                &[batch * vl, batch * el],
+                &self.manifest.graphs.predictor.outputs,
+                batch,
+            )?;
             let mut it = out.into_iter();
             pred_v.push(it.next().expect("checked").data);
             pred_p.push(it.next().expect("checked").data);
@@ -455,16 +467,42 @@ impl WorldModel {
     }
 }
 
-fn check_outputs(graph: &str, out: &[crate::engine::Tensor], lens: &[usize]) -> Result<()> {
+/// The outputs of a call must be the manifest's: their number, lengths and shapes (the leading
+/// `-1` is the batch, a later `-1` any size). Equal lengths are not enough: a transposed
+/// `visual` has the right length and the wrong meaning.
+fn check_outputs(
+    graph: &str,
+    out: &[crate::engine::Tensor],
+    lens: &[usize],
+    specs: &[crate::bundle::TensorSpec],
+    batch: usize,
+) -> Result<()> {
+    let bad = |msg: String| QwmError::Backend {
+        backend: "any",
+        graph: graph.into(),
+        msg,
+    };
     if out.len() != lens.len() || out.iter().zip(lens).any(|(t, l)| t.data.len() != *l) {
-        return Err(QwmError::Backend {
-            backend: "any",
-            graph: graph.into(),
-            msg: format!(
-                "unexpected outputs: got lengths {:?}, expected {lens:?}",
-                out.iter().map(|t| t.data.len()).collect::<Vec<_>>()
-            ),
-        });
+        return Err(bad(format!(
+            "unexpected outputs: got lengths {:?}, expected {lens:?}",
+            out.iter().map(|t| t.data.len()).collect::<Vec<_>>()
+        )));
+    }
+    for (t, spec) in out.iter().zip(specs) {
+        let agrees = t.shape.len() == spec.shape.len()
+            && t.shape
+                .iter()
+                .zip(&spec.shape)
+                .enumerate()
+                .all(|(i, (&d, &w))| {
+                    (i == 0 && w < 0 && d == batch) || (i > 0 && w < 0) || d as i64 == w
+                });
+        if !agrees {
+            return Err(bad(format!(
+                "output '{}' has shape {:?}, the manifest says {:?} (batch {batch})",
+                spec.name, t.shape, spec.shape
+            )));
+        }
     }
     Ok(())
 }

@@ -96,7 +96,9 @@ fn err(graph: &str, msg: impl std::fmt::Display) -> QwmError {
 }
 
 /// Names and declared shapes (dim_param as -1) of an ONNX graph's inputs and outputs.
-fn declared_io(proto: &tract_onnx::pb::ModelProto) -> (Vec<(String, Vec<i64>)>, Vec<String>) {
+type DeclaredInputs = Vec<(String, Vec<i64>, i32)>;
+
+fn declared_io(proto: &tract_onnx::pb::ModelProto) -> (DeclaredInputs, Vec<String>) {
     use tract_onnx::pb::tensor_shape_proto::dimension::Value;
     let graph = match &proto.graph {
         Some(g) => g,
@@ -109,13 +111,13 @@ fn declared_io(proto: &tract_onnx::pb::ModelProto) -> (Vec<(String, Vec<i64>)>, 
         .iter()
         .filter(|i| !inits.contains(i.name.as_str()))
         .map(|i| {
-            let shape = i
-                .r#type
-                .as_ref()
-                .and_then(|t| match &t.value {
-                    Some(tract_onnx::pb::type_proto::Value::TensorType(tt)) => tt.shape.as_ref(),
-                    _ => None,
-                })
+            let tensor_type = i.r#type.as_ref().and_then(|t| match &t.value {
+                Some(tract_onnx::pb::type_proto::Value::TensorType(tt)) => Some(tt),
+                _ => None,
+            });
+            let elem = tensor_type.map(|tt| tt.elem_type).unwrap_or(0);
+            let shape = tensor_type
+                .and_then(|tt| tt.shape.as_ref())
                 .map(|s| {
                     s.dim
                         .iter()
@@ -126,7 +128,7 @@ fn declared_io(proto: &tract_onnx::pb::ModelProto) -> (Vec<(String, Vec<i64>)>, 
                         .collect()
                 })
                 .unwrap_or_default();
-            (i.name.clone(), shape)
+            (i.name.clone(), shape, elem)
         })
         .collect();
     let outs = graph.output.iter().map(|o| o.name.clone()).collect();
@@ -243,6 +245,7 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
     let name = graph.spec.file.clone();
     let mut proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
         .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
+    crate::onnx::proto::refuse_external_data(&proto, true).map_err(|e| err(&name, e))?;
     let (declared_in, declared_out) = declared_io(&proto);
     // Integer matmuls (the deploy form's MatMulInteger / QLinearMatMul) that qwm does not fuse
     // (see [`crate::engine::tract::int8`]) only reach tract's int8 kernels when the batch is concrete: with
@@ -260,7 +263,7 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
     drop(proto);
     // The graph must declare exactly the manifest's tensors, with the same fixed dimensions.
     let want_in: Vec<&str> = graph.spec.inputs.iter().map(|t| t.name.as_str()).collect();
-    let have_in: Vec<&str> = declared_in.iter().map(|(n, _)| n.as_str()).collect();
+    let have_in: Vec<&str> = declared_in.iter().map(|(n, _, _)| n.as_str()).collect();
     if want_in != have_in {
         return Err(err(
             &name,
@@ -274,7 +277,18 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
             format!("graph outputs {declared_out:?} disagree with the manifest's {want_out:?}"),
         ));
     }
-    for ((n, shape), spec) in declared_in.iter().zip(&graph.spec.inputs) {
+    for ((n, shape, elem), spec) in declared_in.iter().zip(&graph.spec.inputs) {
+        // qwm feeds float32 tensors; a graph declaring another type would be fed wrong bytes or
+        // silently cast.
+        if *elem != tract_onnx::pb::tensor_proto::DataType::Float as i32 {
+            let t = tract_onnx::pb::tensor_proto::DataType::try_from(*elem)
+                .map(|d| format!("{d:?}"))
+                .unwrap_or_else(|_| format!("type {elem}"));
+            return Err(err(
+                &name,
+                format!("input '{n}' is declared {t}; qwm feeds float32 inputs"),
+            ));
+        }
         let agrees = shape.len() == spec.shape.len()
             && shape
                 .iter()
