@@ -6,38 +6,12 @@ mod common;
 use common::*;
 use prost::Message;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tract_onnx::pb;
 
-/// Run qwm with a deadline; returns (exit success, stderr).
+/// Run qwm with a deadline of 20 s; returns (exit success, stderr).
 fn run(args: &[String]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qwm"))
-        .args(args)
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.success(), err);
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("qwm {args:?} still running after 20 s (hang?)");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    run_qwm_within(args, Duration::from_secs(20))
 }
 
 /// One bad input: a bundle folder (or none) and arguments, and what the error must name.

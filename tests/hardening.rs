@@ -5,42 +5,19 @@
 
 #![cfg(unix)]
 
+mod common;
+use common::run_qwm_within;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Run qwm with a deadline; (success, stderr). A run past the deadline is killed and fails the test.
+/// Run qwm with a deadline; (success, stderr). A panic message fails the test too.
 fn qwm(args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qwm"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qwm runs");
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            assert!(!err.contains("panicked at"), "qwm {args:?} panicked: {err}");
-            return (status.success(), err);
-        }
-        if t0.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("qwm {args:?} still running after {DEADLINE:?}: it hangs");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (ok, err) = run_qwm_within(args, DEADLINE);
+    assert!(!err.contains("panicked at"), "qwm {args:?} panicked: {err}");
+    (ok, err)
 }
 
 fn mkfifo(path: &Path) {

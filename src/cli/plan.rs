@@ -73,14 +73,11 @@ pub fn plan(args: PlanArgs) -> Result<Summary> {
             args.model.display()
         );
     }
-    // Under --mem-limit without --chunk the chunk is fitted to the limit below: here only one
-    // candidate per call has to fit.
-    let fitted = mem_limit.is_some() && args.chunk.is_none();
     crate::runtime::budget::check_request(
         &bundle.manifest,
         args.samples,
         args.horizon,
-        if fitted { 1 } else { cfg.chunk },
+        args.chunk,
         &format!(
             "--samples {} x --horizon {} (--chunk {})",
             args.samples, args.horizon, cfg.chunk

@@ -65,12 +65,11 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     let t0 = Instant::now();
     let bundle = Bundle::open(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let fitted = mem_limit.is_some() && args.chunk.is_none();
     crate::runtime::budget::check_request(
         &bundle.manifest,
         args.samples,
         args.horizon,
-        if fitted { 1 } else { cfg.chunk },
+        args.chunk,
         &format!("--samples {} x --horizon {}", args.samples, args.horizon),
     )?;
     let mut wm = WorldModel::load(&bundle, backend.as_ref(), &args.run.load_options(threads))?;

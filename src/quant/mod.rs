@@ -98,7 +98,7 @@ fn calibrate(
         &bundle.manifest,
         cfg.calib_samples,
         5,
-        cfg.calib_samples,
+        Some(cfg.calib_samples),
         &format!("--calib-samples {}", cfg.calib_samples),
     )?;
     let mut wm = WorldModel::load_tapped(

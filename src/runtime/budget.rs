@@ -12,15 +12,17 @@ use crate::util::mem;
 
 /// Refuse, before anything is allocated, planner settings whose buffers cannot be allocated
 /// here: the candidates (`samples x horizon` action sequences, with their means and spreads) and
-/// one predictor call of `chunk` candidates (history plus horizon frames of tokens). `what`
-/// names the flags (e.g. `--samples 300 x --horizon 5`).
+/// one predictor call of `chunk` candidates (history plus horizon frames of tokens). Without an
+/// explicit `chunk`, a call is all `samples`, or a single candidate under a memory limit (which
+/// [`choose_chunk`] then fits). `what` names the flags (e.g. `--samples 300 x --horizon 5`).
 pub fn check_request(
     manifest: &crate::bundle::Manifest,
     samples: usize,
     horizon: usize,
-    chunk: usize,
+    chunk: Option<usize>,
     what: &str,
 ) -> Result<()> {
+    let chunk = chunk.unwrap_or(if mem::limit().is_some() { 1 } else { samples });
     let m = manifest;
     let f32s = 4u128;
     let step = (m.action_dim * m.frameskip) as u128;

@@ -125,6 +125,41 @@ pub fn check_fixture(
     }
 }
 
+/// Run the qwm binary with `args` from the repository root, killing it (and failing the test)
+/// after `deadline`: a hang is a bug. Returns (success, stderr).
+pub fn run_qwm_within<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    args: &[S],
+    deadline: std::time::Duration,
+) -> (bool, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
+        .args(args)
+        .current_dir(root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run qwm");
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.success(), err);
+        }
+        if t0.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("qwm {args:?} still running after {deadline:?} (hang?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Run the qwm binary with `args` from the repository root: (success, stdout, stderr).
 pub fn run_qwm(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwm"))
