@@ -428,6 +428,10 @@ pub struct EpisodePoint {
     pub final_distance: f64,
     /// The planner's final objective.
     pub final_objective: f64,
+    /// MPC steps the episode ran (it stops at its first success, so a success after k steps
+    /// counts for every MPC budget >= k); absent in results from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpc_steps: Option<usize>,
 }
 
 /// A finished cell: one line of the results JSONL.

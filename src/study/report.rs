@@ -532,12 +532,12 @@ fn markdown(
         budget.0,
         budget.1
     );
-    let _ = writeln!(s, "| cell | module | method | scheme | opt/MPC steps | seed | success | mean dist | mean objective | Spearman | plan s/step p50 | weights at bits | ONNX files |");
+    let _ = writeln!(s, "| cell | module | method | scheme | opt/MPC steps | seed | success [Wilson 95%] | mean dist | mean objective | Spearman | plan s/step p50 | weights at bits | ONNX files |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rs {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {}/{} | {} | {}/{} ({:.2}) | {:.2} | {:.4} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {}/{} | {} | {}/{} ({:.2}) [{:.2}, {:.2}] | {:.2} | {:.4} | {} | {:.2} | {} | {} |",
             r.cell.id,
             r.cell.module.map(|m| m.name()).unwrap_or("-"),
             r.cell.method.map(super::method_name).unwrap_or("-"),
@@ -548,6 +548,8 @@ fn markdown(
             r.successes,
             r.cell.episodes,
             r.success_rate,
+            crate::util::stats::wilson(r.successes, r.cell.episodes, 1.96).0,
+            crate::util::stats::wilson(r.successes, r.cell.episodes, 1.96).1,
             r.mean_final_distance,
             r.mean_final_objective,
             r.spearman_objective_distance
@@ -557,6 +559,51 @@ fn markdown(
             fmt_bytes(r.weight_bytes_at_bits),
             fmt_bytes(r.model_file_bytes),
         );
+    }
+    // Success against the MPC-step budget, from the same runs (cells that recorded MPC steps and
+    // ran more than 10 of them), with Wilson 95% intervals of every rate.
+    let budgets = [1usize, 2, 3, 5, 10, 20, 30, 50];
+    let curves: Vec<&CellResult> = results
+        .iter()
+        .filter(|r| r.cell.max_iter > 10 && r.per_episode.iter().all(|p| p.mpc_steps.is_some()))
+        .collect();
+    if !curves.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Success against the MPC-step budget\n\nAn episode stops at its first successful \
+             MPC step, so one that succeeded after k steps counts for every budget >= k: one run \
+             at max_iter gives the whole curve. Each entry: successes, then the Wilson 95% interval \
+             of the rate.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| cell | episodes | {} |",
+            budgets
+                .iter()
+                .map(|b| format!("<= {b}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(s, "|---|---|{}", "---|".repeat(budgets.len()));
+        for r in curves {
+            let n = r.per_episode.len();
+            let cols: Vec<String> = budgets
+                .iter()
+                .map(|&b| {
+                    if b > r.cell.max_iter {
+                        return "-".into();
+                    }
+                    let k = r
+                        .per_episode
+                        .iter()
+                        .filter(|p| p.success && p.mpc_steps.is_some_and(|m| m <= b))
+                        .count();
+                    let (lo, hi) = crate::util::stats::wilson(k, n, 1.96);
+                    format!("{k} [{lo:.2}, {hi:.2}]")
+                })
+                .collect();
+            let _ = writeln!(s, "| {} | {n} | {} |", r.cell.id, cols.join(" | "));
+        }
     }
     let _ = writeln!(s, "\n## Plots\n");
     for c in charts {
@@ -574,6 +621,40 @@ fn markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped study's float cell at max_iter 50, with each episode's MPC steps from its
+    /// plan report: the budget table counts the successes within each budget.
+    #[test]
+    fn success_against_the_mpc_budget_counts_each_success_from_its_step_on() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/study/wall50");
+        let line = std::fs::read_to_string(root.join("results.jsonl")).unwrap();
+        let mut r: CellResult = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        assert_eq!(r.cell.id, "float-o10-i50-s0");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("cells/float-o10-i50-s0.json")).unwrap(),
+        )
+        .unwrap();
+        let steps: Vec<usize> = report["episodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["mpc_steps"].as_u64().unwrap() as usize)
+            .collect();
+        for (p, k) in r.per_episode.iter_mut().zip(&steps) {
+            p.mpc_steps = Some(*k);
+        }
+        let within = |b: usize| steps.iter().filter(|&&k| k <= b).count();
+        let md = markdown(&[r], (10, 50), &[], &[]);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| float-o10-i50-s0 | 50 |"))
+            .expect("budget row");
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert!(cells[2].starts_with(&format!("{} [", within(1))), "{row}");
+        assert!(cells[3].starts_with(&format!("{} [", within(2))), "{row}");
+        assert!(cells[9].starts_with("50 [0.93, 1.00]"), "{row}");
+        assert!(md.contains("50/50 (1.00) [0.93, 1.00]"), "{md}");
+    }
 
     #[test]
     fn pareto_front_is_a_staircase_of_undominated_points() {

@@ -152,6 +152,7 @@ pub fn cell_result(
             success: e.success,
             final_distance: as_written(e.final_distance),
             final_objective: as_written(e.final_objective),
+            mpc_steps: Some(e.mpc_steps),
         })
         .collect();
     let n = per_episode.len() as f64;

@@ -53,6 +53,21 @@ fn ranks(v: &[f64]) -> Vec<f64> {
     r
 }
 
+/// Wilson score interval of a binomial proportion (`successes` of `n`) at `z` standard errors
+/// (1.96 for 95%); `(NaN, NaN)` for `n = 0`. Unlike the normal interval it stays inside [0, 1]
+/// and is not empty at 0 or n successes, which is where quantized cells often are.
+pub fn wilson(successes: usize, n: usize, z: f64) -> (f64, f64) {
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let (s, n) = (successes as f64, n as f64);
+    let p = s / n;
+    let d = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / d;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / d;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +93,28 @@ mod tests {
         assert_eq!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
         assert_eq!(spearman(&[1.0, 2.0], &[1.0, 2.0]), None);
         assert_eq!(spearman(&[1.0, f64::NAN, 3.0], &[1.0, 2.0, 3.0]), None);
+    }
+
+    #[test]
+    fn wilson_matches_hand_values() {
+        // 50/50: [0.9287, 1]; 24/50: [0.3480, 0.6149]; 0/30: [0, 0.1135] (z = 1.96).
+        let close =
+            |a: (f64, f64), b: (f64, f64)| (a.0 - b.0).abs() < 1e-4 && (a.1 - b.1).abs() < 1e-4;
+        assert!(
+            close(wilson(50, 50, 1.96), (0.92865, 1.0)),
+            "{:?}",
+            wilson(50, 50, 1.96)
+        );
+        assert!(
+            close(wilson(24, 50, 1.96), (0.34802, 0.61492)),
+            "{:?}",
+            wilson(24, 50, 1.96)
+        );
+        assert!(
+            close(wilson(0, 30, 1.96), (0.0, 0.11351)),
+            "{:?}",
+            wilson(0, 30, 1.96)
+        );
+        assert!(wilson(0, 0, 1.96).0.is_nan());
     }
 }
