@@ -105,24 +105,10 @@ impl From<ActQuant> for ActRecord {
 }
 
 impl std::fmt::Display for ActRecord {
+    /// The record's compact JSON (as `qwm inspect` prints it).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ActRecord::Static {
-                bits,
-                scale,
-                zero_point,
-            } => write!(
-                f,
-                "{{\"Static\":{{\"bits\":{bits},\"scale\":{},\"zero_point\":{}}}}}",
-                serde_json::Number::from_f64(*scale)
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "null".into()),
-                serde_json::Number::from_f64(*zero_point)
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "null".into())
-            ),
-            ActRecord::PerToken { bits } => write!(f, "{{\"PerToken\":{{\"bits\":{bits}}}}}"),
-        }
+        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
     }
 }
 

@@ -535,6 +535,7 @@ fn markdown(
     let _ = writeln!(s, "| cell | module | method | scheme | opt/MPC steps | seed | success [Wilson 95%] | mean dist | mean objective | Spearman | plan s/step p50 | weights at bits | ONNX files |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rs {
+        let interval = crate::util::stats::wilson(r.successes, r.cell.episodes, 1.96);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {}/{} | {} | {}/{} ({:.2}) [{:.2}, {:.2}] | {:.2} | {:.4} | {} | {:.2} | {} | {} |",
@@ -548,8 +549,8 @@ fn markdown(
             r.successes,
             r.cell.episodes,
             r.success_rate,
-            crate::util::stats::wilson(r.successes, r.cell.episodes, 1.96).0,
-            crate::util::stats::wilson(r.successes, r.cell.episodes, 1.96).1,
+            interval.0,
+            interval.1,
             r.mean_final_distance,
             r.mean_final_objective,
             r.spearman_objective_distance

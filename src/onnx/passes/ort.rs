@@ -184,13 +184,7 @@ pub fn unsigned_int8_weights(m: &mut ModelProto, file: Option<&[u8]>) -> usize {
             continue;
         }
         let zero_at = if n.op_type == "MatMulInteger" { 3 } else { 5 };
-        let sole_use = |name: &str| {
-            g.node
-                .iter()
-                .filter(|o| o.input.iter().any(|x| x == name))
-                .count()
-                == 1
-        };
+        let sole_use = |name: &str| ix.uses(name) == 1;
         let Some((wd, Some(w))) = int8(&n.input[1]) else {
             continue;
         };
@@ -204,12 +198,11 @@ pub fn unsigned_int8_weights(m: &mut ModelProto, file: Option<&[u8]>) -> usize {
                 _ => continue,
             },
         };
-        plans.push((i, wd, w, zero));
+        plans.push((i, zero_at, wd, w, zero));
     }
     let count = plans.len();
-    for (i, wd, w, zero) in plans {
+    for (i, zero_at, wd, w, zero) in plans {
         let n = &mut g.node[i];
-        let zero_at = if n.op_type == "MatMulInteger" { 3 } else { 5 };
         let shift = |v: &[i8]| {
             v.iter()
                 .map(|x| (*x as i16 + 128) as u8)
