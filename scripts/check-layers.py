@@ -31,6 +31,7 @@ RANKS = {
     "runtime": 6,
     "quant": 7,
     "study": 8,
+    "serve": 8,
     "cli": 9,
 }
 

@@ -34,6 +34,9 @@ pub enum QwmError {
     /// Bad flags or arguments.
     #[error("{0}")]
     Usage(String),
+    /// A call out of order (a controller asked to act before it has a goal).
+    #[error("{0}")]
+    State(String),
     /// A numerical fault (NaN/Inf where numbers are required).
     #[error("numerical fault: {0}")]
     Numeric(String),

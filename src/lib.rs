@@ -12,10 +12,11 @@
 //! - [`bundle`]: what a model is on disk (manifest, mapped graph files, quantization record).
 //! - [`engine`]: execution engines behind one trait (tract, ONNX Runtime) and their operators.
 //! - [`env`](mod@env) (simulated environments, datasets) and [`plan`] (CEM, MPPI): pure, model-free.
-//! - [`runtime`]: the world model on an engine, the MPC episode, memory budgets, reports,
+//! - [`runtime`]: the world model on an engine, the robot-facing controller, the MPC episode, memory budgets, reports,
 //!   verification, benchmarks, board profiles, synthetic bundles.
 //! - [`quant`]: post-training quantization of bundles and the memory fit.
-//! - [`study`]: quantization sweeps and their report.
+//! - [`study`]: quantization sweeps and their report. [`serve`]: the controller behind a
+//!   socket (`qwm serve`).
 //! - [`cli`]: the `qwm` command line, one file per command.
 
 pub mod bundle;
@@ -28,6 +29,7 @@ pub mod onnx;
 pub mod plan;
 pub mod quant;
 pub mod runtime;
+pub mod serve;
 pub mod study;
 pub mod util;
 

@@ -9,6 +9,7 @@ mod inspect;
 mod plan;
 mod profile;
 mod quantize;
+mod serve;
 mod study;
 
 pub use args::RunArgs;
@@ -33,6 +34,9 @@ struct Cli {
 enum Cmd {
     /// Run headless MPC planning episodes with a world model and report success, time and memory.
     Plan(PlanArgs),
+    /// Serve the MPC controller to a robot process over a Unix socket, TCP or stdin/stdout
+    /// (protocol in docs/serve.md): set a goal, send frames, get actions.
+    Serve(serve::ServeArgs),
     /// Generate a trajectory dataset (.npy files) from an environment's scripted policy.
     #[command(allow_negative_numbers = true)]
     Dataset(dataset::DatasetArgs),
@@ -77,6 +81,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Plan(args) => plan::plan(args).map(|_| ()),
+        Cmd::Serve(args) => serve::serve(args),
         Cmd::Dataset(args) => dataset::dataset(args),
         Cmd::Quantize(args) => quantize::quantize(args),
         Cmd::Bench(args) => bench::bench(args),

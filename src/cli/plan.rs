@@ -5,9 +5,8 @@ use super::args::resolve_run_settings;
 use super::STARTED;
 use crate::bundle::Bundle;
 use crate::engine::make_backend_with;
-use crate::plan::{cem::Cem, mppi::Mppi, Planner, PlannerKind};
-use crate::runtime::episode::{run_episode, MpcConfig};
-use crate::runtime::model::WorldModel;
+use crate::runtime::controller::Controller;
+use crate::runtime::episode::run_episode;
 use crate::runtime::report::{PlanConfig, PlanReport, Summary};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -22,27 +21,18 @@ pub fn plan(args: PlanArgs) -> Result<Summary> {
         bail!("--episodes must be at least 1");
     }
     let (threads, backend_name, mem_limit) = resolve_run_settings(&args.run)?;
-    let planner: Box<dyn Planner> = match args.planner {
-        PlannerKind::Cem => Box::new(Cem::new(
-            args.samples,
-            args.topk,
-            args.opt_steps,
-            args.var_scale,
-        )?),
-        PlannerKind::Mppi => Box::new(Mppi::new(
-            args.samples,
-            args.opt_steps,
-            args.var_scale,
-            args.temperature,
-        )?),
+    let c = &args.control;
+    // The settings' errors before anything is loaded, in the order the flags are checked.
+    crate::runtime::controller::make_planner(c)?;
+    let shape = crate::runtime::controller::PlanShape {
+        horizon: c.horizon,
+        n_taken: c.n_taken,
+        chunk: c.chunk.unwrap_or(c.samples),
     };
-    let mut cfg = MpcConfig {
-        horizon: args.horizon,
-        n_taken: args.n_taken,
-        max_iter: args.max_iter,
-        chunk: args.chunk.unwrap_or(args.samples),
-    };
-    cfg.validate()?;
+    if shape.horizon > 0 && (1..=shape.horizon).contains(&shape.n_taken) && args.max_iter == 0 {
+        bail!("--max-iter must be at least 1");
+    }
+    shape.validate()?;
     if let Some(path) = &args.json {
         // Fail now, not after the episodes, when the report cannot be written (touching
         // nothing but a temporary file of its own).
@@ -73,52 +63,28 @@ pub fn plan(args: PlanArgs) -> Result<Summary> {
             args.model.display()
         );
     }
-    crate::runtime::budget::check_request(
-        &bundle.manifest,
-        args.samples,
-        args.horizon,
-        args.chunk,
-        &format!(
-            "--samples {} x --horizon {} (--chunk {})",
-            args.samples, args.horizon, cfg.chunk
-        ),
+    let mut ctl = Controller::load(
+        &bundle,
+        backend.as_ref(),
+        &args.run.load_options(threads),
+        c,
+        mem_limit,
+        args.seed,
     )?;
-    let mut wm = WorldModel::load(&bundle, backend.as_ref(), &args.run.load_options(threads))?;
     drop(bundle);
     let load_time_s = t0.elapsed().as_secs_f64();
     let load_peak = crate::util::proc::peak_rss_bytes();
     println!(
         "qwm plan: model {} on {} ({} threads), {:?} {} samples, top-k {}, {} opt steps, horizon {}, {} taken, max {} MPC steps, {} episodes",
-        args.model.display(), backend_name, threads, args.planner, args.samples, args.topk, args.opt_steps, args.horizon, args.n_taken, args.max_iter, args.episodes
+        args.model.display(), backend_name, threads, c.planner, c.samples, c.topk, c.opt_steps, c.horizon, c.n_taken, args.max_iter, args.episodes
     );
-    if let Some(l) = mem_limit {
-        // Predict the peak of one CEM chunk and fit the chunk to the limit (results do not depend
-        // on the chunk; only speed and memory do).
-        let cost = crate::runtime::budget::measure(&mut wm, threads)?;
-        let (fit, predicted) = crate::runtime::budget::choose_chunk(
-            &cost,
-            &wm,
-            l as usize,
-            args.samples,
-            args.horizon,
-        )?;
-        if let Some(c) = args.chunk {
-            if c > fit {
-                bail!(
-                    "--chunk {c} does not fit --mem-limit {}: at most {fit} candidates per predictor call fit ({:.0} bytes per candidate); lower --chunk or raise the limit",
-                    crate::util::fmt::fmt_bytes(l),
-                    cost.per_candidate
-                );
-            }
-        } else {
-            cfg.chunk = fit;
-        }
+    if let Some(fit) = ctl.budget() {
         println!(
             "  memory limit {} (heap after load {}): {} candidates per predictor call, predicted heap peak {}",
-            crate::util::fmt::fmt_bytes(l),
+            crate::util::fmt::fmt_bytes(fit.limit_bytes),
             crate::util::fmt::fmt_bytes(crate::util::mem::current_bytes() as u64),
-            cfg.chunk,
-            crate::util::fmt::fmt_bytes(predicted as u64)
+            fit.chunk,
+            crate::util::fmt::fmt_bytes(fit.predicted_peak_bytes as u64)
         );
     }
     if let Some(dir) = &args.save_frames {
@@ -189,13 +155,11 @@ pub fn plan(args: PlanArgs) -> Result<Summary> {
         let mut frames = args.save_frames.as_ref().map(|_| Vec::new());
         let episode_started = Instant::now();
         let r = run_episode(
-            &mut wm,
+            &mut ctl,
             env.as_mut(),
-            planner.as_ref(),
-            &cfg,
+            args.max_iter,
             i,
             task_seed,
-            args.seed,
             frames.as_mut(),
         )
         .with_context(|| format!("episode {i} (task seed {task_seed})"))?;
@@ -208,11 +172,11 @@ pub fn plan(args: PlanArgs) -> Result<Summary> {
             env.reset_to(&r.task)?;
             write_png(
                 &ed.join("goal.png"),
-                &env.render_state(&r.task.goal, wm.manifest.image_size),
+                &env.render_state(&r.task.goal, ctl.model().manifest.image_size),
             )?;
             write_png(
                 &ed.join("final.png"),
-                &env.render_state(&r.final_state, wm.manifest.image_size),
+                &env.render_state(&r.final_state, ctl.model().manifest.image_size),
             )?;
         }
         if first_plan_s.is_none() {

@@ -5,7 +5,8 @@ use super::args::{resolve_run_settings, RunArgs};
 use crate::bundle::Bundle;
 use crate::engine::{make_backend_with, BackendKind};
 use crate::plan::cem::Cem;
-use crate::runtime::episode::{run_episode, MpcConfig};
+use crate::runtime::controller::{Controller, PlanShape};
+use crate::runtime::episode::run_episode;
 use crate::runtime::model::WorldModel;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -53,13 +54,15 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     use crate::util::fmt::fmt_bytes;
     let (threads, backend_name, mem_limit) = resolve_run_settings(&args.run)?;
     let planner = Cem::new(args.samples, args.topk, args.opt_steps, 1.0)?;
-    let mut cfg = MpcConfig {
+    let mut shape = PlanShape {
         horizon: args.horizon,
         n_taken: args.horizon.min(5),
-        max_iter: args.max_iter,
         chunk: args.chunk.unwrap_or(args.samples),
     };
-    cfg.validate()?;
+    shape.validate()?;
+    if args.max_iter == 0 {
+        anyhow::bail!("--max-iter must be at least 1");
+    }
     let backend = make_backend_with(backend_name, args.run.ort_lib.as_deref())?;
     let heap0 = crate::util::mem::current_bytes() as u64;
     let t0 = Instant::now();
@@ -86,12 +89,13 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
             args.samples,
             args.horizon,
         )?;
-        cfg.chunk = args.chunk.unwrap_or(fit).min(fit);
+        shape.chunk = args.chunk.unwrap_or(fit).min(fit);
     }
     let mut env = crate::env::make_env(&bundle.manifest.env)?;
     crate::util::mem::reset_peak();
     let heap_before = crate::util::mem::current_bytes() as u64;
-    let r = run_episode(&mut wm, env.as_mut(), &planner, &cfg, 0, 1, 0, None)
+    let mut ctl = Controller::new(wm, Box::new(planner), shape, 0)?;
+    let r = run_episode(&mut ctl, env.as_mut(), args.max_iter, 0, 1, None)
         .context("the timed planning episode")?;
     let heap_peak = crate::util::mem::peak_bytes() as u64;
     let steps = r.timings.len().max(1) as f64;
@@ -112,7 +116,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         args.samples,
         args.opt_steps,
         args.horizon,
-        cfg.chunk,
+        shape.chunk,
         r.timings.len()
     );
     println!(
@@ -146,8 +150,8 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     }
     let mut ops = vec![];
     if args.reps > 0 {
-        let part = cfg.chunk.div_ceil(threads);
-        for (graph, batch) in [(&bundle.encoder, 1), (&bundle.predictor, cfg.chunk)] {
+        let part = shape.chunk.div_ceil(threads);
+        for (graph, batch) in [(&bundle.encoder, 1), (&bundle.predictor, shape.chunk)] {
             let p = op_profile(backend_name, &args, graph, batch, part, threads)?;
             println!(
                 "operators of {} at batch {} ({}): {:.2} ms per call",
@@ -188,7 +192,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
             "model": args.model.display().to_string(),
             "backend": backend_name,
             "threads": threads,
-            "chunk": cfg.chunk,
+            "chunk": shape.chunk,
             "load_s": load_s,
             "file_bytes": file_bytes,
             "weights_resident_bytes": heap_loaded.saturating_sub(heap0),

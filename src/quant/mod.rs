@@ -20,7 +20,8 @@ use crate::env::TaskSeeds;
 use crate::error::{QwmError, Result};
 use crate::onnx::proto as onnx;
 use crate::plan::cem::Cem;
-use crate::runtime::episode::{run_episode, MpcConfig};
+use crate::runtime::controller::{Controller, PlanShape};
+use crate::runtime::episode::run_episode;
 use crate::runtime::model::WorldModel;
 use calib::{Calibration, TensorStats};
 use onnx::{ActQuant, LinearLayer};
@@ -101,7 +102,7 @@ fn calibrate(
         Some(cfg.calib_samples),
         &format!("--calib-samples {}", cfg.calib_samples),
     )?;
-    let mut wm = WorldModel::load_tapped(
+    let wm = WorldModel::load_tapped(
         bundle,
         backend,
         &LoadOptions::with_threads(cfg.threads),
@@ -110,25 +111,27 @@ fn calibrate(
     )?;
     let mut env = crate::env::make_env(&bundle.manifest.env)?;
     let cem = Cem::new(cfg.calib_samples, (cfg.calib_samples / 10).max(1), 10, 1.0)?;
-    let mpc = MpcConfig {
+    let shape = PlanShape {
         horizon: 5,
         n_taken: 5,
-        max_iter: cfg.calib_iters,
         chunk: cfg.calib_samples,
     };
+    // Planner seed 7; calibration episode n is the controller's episode n.
+    let mut ctl = Controller::new(wm, Box::new(cem), shape, 7)?;
     for n in 0..cfg.calib_episodes {
         run_episode(
-            &mut wm,
+            &mut ctl,
             env.as_mut(),
-            &cem,
-            &mpc,
+            cfg.calib_iters,
             n,
             TaskSeeds::calibration(n),
-            7,
             None,
         )?;
     }
-    let tap = wm.take_tap().expect("tapped model has its tap");
+    let tap = ctl
+        .model_mut()
+        .take_tap()
+        .expect("tapped model has its tap");
     Ok(*tap
         .into_any()
         .downcast::<Calibration>()

@@ -40,7 +40,108 @@ pub struct RunArgs {
     pub low_mem: bool,
 }
 
+/// [`RunArgs`] resolved against the board profile: what a run actually uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedRun {
+    /// Worker threads.
+    pub threads: usize,
+    /// The engine.
+    pub backend: BackendKind,
+    /// The memory limit, set on qwm's allocator by [`RunArgs::resolve`].
+    pub mem_limit: Option<u64>,
+}
+
+/// Threads from a flag (or a profile), else the available cores; one rule everywhere: 1..=256.
+pub fn default_threads(flag: Option<usize>) -> crate::error::Result<usize> {
+    let threads = flag.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if threads == 0 || threads > 256 {
+        return Err(crate::error::QwmError::Usage(format!(
+            "--threads {threads} must be in 1..=256"
+        )));
+    }
+    Ok(threads)
+}
+
 impl RunArgs {
+    /// Apply the board profile (`--target`) under the explicit flags, check the threads and
+    /// set the memory limit on qwm's allocator (refused when qwm already uses more).
+    pub fn resolve(&self) -> crate::error::Result<ResolvedRun> {
+        use crate::error::QwmError;
+        let profile = self
+            .target
+            .as_deref()
+            .map(crate::runtime::target::load)
+            .transpose()?;
+        if let Some(p) = &profile {
+            if !p.triple.starts_with(crate::runtime::target::host_arch()) {
+                log::warn!(
+                    "--target {}: profile is for {}, this qwm runs on {}",
+                    p.name,
+                    p.triple,
+                    crate::runtime::target::host_arch()
+                );
+            }
+        }
+        let threads = default_threads(self.threads.or(profile.as_ref().map(|p| p.threads)))?;
+        let backend = self
+            .backend
+            .or(profile.as_ref().map(|p| p.backend))
+            .unwrap_or_default();
+        let limit = match (self.mem_limit.as_deref(), &profile) {
+            (Some(m), _) => Some(crate::util::mem::parse_size(m, "--mem-limit")?),
+            (None, Some(p)) => Some(p.memory_budget_bytes()?),
+            (None, None) => None,
+        };
+        if let Some(l) = limit {
+            let now = crate::util::mem::current_bytes() as u64;
+            if l <= now {
+                return Err(QwmError::Usage(format!(
+                    "--mem-limit {}: qwm already uses {} before loading anything; raise the limit",
+                    crate::util::fmt::fmt_bytes(l),
+                    crate::util::fmt::fmt_bytes(now)
+                )));
+            }
+            crate::util::mem::set_limit(l as usize);
+        }
+        Ok(ResolvedRun {
+            threads,
+            backend,
+            mem_limit: limit,
+        })
+    }
+
+    /// The flags that parse back into these settings.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        let mut flag = |name: &str, value: OsString| {
+            v.push(format!("--{name}").into());
+            v.push(value);
+        };
+        if let Some(t) = self.threads {
+            flag("threads", t.to_string().into());
+        }
+        if let Some(b) = self.backend {
+            flag("backend", b.name().into());
+        }
+        if let Some(t) = &self.target {
+            flag("target", t.into());
+        }
+        if let Some(m) = &self.mem_limit {
+            flag("mem-limit", m.into());
+        }
+        if let Some(l) = &self.ort_lib {
+            flag("ort-lib", l.clone().into());
+        }
+        if self.low_mem {
+            v.push("--low-mem".into());
+        }
+        v
+    }
+
     /// How the backend loads graphs: `threads` (as resolved from the flags and the target
     /// profile) and `--low-mem`.
     pub fn load_options(&self, threads: usize) -> LoadOptions {
@@ -48,6 +149,75 @@ impl RunArgs {
             low_mem: self.low_mem,
             ..LoadOptions::with_threads(threads)
         }
+    }
+}
+
+/// How the MPC controller plans: the planner and its budget, the horizon and the executed part
+/// of each plan. Shared by `qwm plan`, `qwm serve` and the library's `Controller`.
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[command(allow_negative_numbers = true)]
+pub struct ControlArgs {
+    /// Planner.
+    #[arg(long, value_enum, default_value_t = PlannerKind::Cem)]
+    pub planner: PlannerKind,
+    /// Candidates per optimization step.
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// CEM elites.
+    #[arg(long, default_value_t = 30)]
+    pub topk: usize,
+    /// Optimization steps per plan.
+    #[arg(long, default_value_t = 10)]
+    pub opt_steps: usize,
+    /// Planning horizon (model steps; each is frameskip environment steps).
+    #[arg(long, default_value_t = 5)]
+    pub horizon: usize,
+    /// Planned model actions executed per MPC step.
+    #[arg(long, default_value_t = 5)]
+    pub n_taken: usize,
+    /// CEM initial std / MPPI noise (normalized action units).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    pub var_scale: f32,
+    /// MPPI temperature relative to the spread of objectives.
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true)]
+    pub temperature: f32,
+    /// Candidates per predictor call (default: all samples at once).
+    #[arg(long)]
+    pub chunk: Option<usize>,
+}
+
+impl Default for ControlArgs {
+    /// The flags' defaults (as if none were given).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            control: ControlArgs,
+        }
+        <Wrap as clap::Parser>::parse_from(["qwm"]).control
+    }
+}
+
+impl ControlArgs {
+    /// The flags (`--planner` .. `--chunk`) that parse back into these settings.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        let mut flag = |name: &str, value: OsString| {
+            v.push(format!("--{name}").into());
+            v.push(value);
+        };
+        flag("planner", self.planner.name().into());
+        flag("samples", self.samples.to_string().into());
+        flag("topk", self.topk.to_string().into());
+        flag("opt-steps", self.opt_steps.to_string().into());
+        flag("horizon", self.horizon.to_string().into());
+        flag("n-taken", self.n_taken.to_string().into());
+        flag("var-scale", self.var_scale.to_string().into());
+        flag("temperature", self.temperature.to_string().into());
+        if let Some(c) = self.chunk {
+            flag("chunk", c.to_string().into());
+        }
+        v
     }
 }
 
@@ -67,36 +237,12 @@ pub struct PlanArgs {
     /// and planner noise derived from the seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Planner.
-    #[arg(long, value_enum, default_value_t = PlannerKind::Cem)]
-    pub planner: PlannerKind,
-    /// Candidates per optimization step.
-    #[arg(long, default_value_t = 300)]
-    pub samples: usize,
-    /// CEM elites.
-    #[arg(long, default_value_t = 30)]
-    pub topk: usize,
-    /// Optimization steps per plan.
-    #[arg(long, default_value_t = 10)]
-    pub opt_steps: usize,
-    /// Planning horizon (model steps; each is frameskip environment steps).
-    #[arg(long, default_value_t = 5)]
-    pub horizon: usize,
-    /// Planned model actions executed per MPC step.
-    #[arg(long, default_value_t = 5)]
-    pub n_taken: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub control: ControlArgs,
     /// Most MPC steps per episode.
     #[arg(long, default_value_t = 10)]
     pub max_iter: usize,
-    /// CEM initial std / MPPI noise (normalized action units).
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
-    pub var_scale: f32,
-    /// MPPI temperature relative to the spread of objectives.
-    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true)]
-    pub temperature: f32,
-    /// Candidates per predictor call (default: all samples at once).
-    #[arg(long)]
-    pub chunk: Option<usize>,
     #[command(flatten)]
     #[serde(flatten)]
     pub run: RunArgs,
@@ -129,50 +275,21 @@ impl PlanArgs {
         }
         flag("episodes", self.episodes.to_string().into());
         flag("seed", self.seed.to_string().into());
-        flag("planner", self.planner.name().into());
-        flag("samples", self.samples.to_string().into());
-        flag("topk", self.topk.to_string().into());
-        flag("opt-steps", self.opt_steps.to_string().into());
-        flag("horizon", self.horizon.to_string().into());
-        flag("n-taken", self.n_taken.to_string().into());
         flag("max-iter", self.max_iter.to_string().into());
-        flag("var-scale", self.var_scale.to_string().into());
-        flag("temperature", self.temperature.to_string().into());
-        if let Some(c) = self.chunk {
-            flag("chunk", c.to_string().into());
-        }
-        let r = &self.run;
-        if let Some(t) = r.threads {
-            flag("threads", t.to_string().into());
-        }
-        if let Some(b) = r.backend {
-            flag("backend", b.name().into());
-        }
-        if let Some(t) = &r.target {
-            flag("target", t.into());
-        }
-        if let Some(m) = &r.mem_limit {
-            flag("mem-limit", m.into());
-        }
-        if let Some(l) = &r.ort_lib {
-            flag("ort-lib", l.clone().into());
-        }
         if let Some(j) = &self.json {
             flag("json", j.clone().into());
         }
         if let Some(d) = &self.save_frames {
             flag("save-frames", d.clone().into());
         }
-        if r.low_mem {
-            v.push("--low-mem".into());
-        }
         if self.resume {
             v.push("--resume".into());
         }
+        v.extend(self.control.to_args());
+        v.extend(self.run.to_args());
         v
     }
 }
-
 impl Default for PlanArgs {
     /// `qwm plan`'s defaults (as if no flag were given).
     fn default() -> Self {
@@ -210,16 +327,18 @@ mod tests {
             env: Some(crate::env::EnvKind::Pusht),
             episodes: 7,
             seed: 3,
-            planner: PlannerKind::Mppi,
-            samples: 40,
-            topk: 4,
-            opt_steps: 2,
-            horizon: 4,
-            n_taken: 2,
+            control: ControlArgs {
+                planner: PlannerKind::Mppi,
+                samples: 40,
+                topk: 4,
+                opt_steps: 2,
+                horizon: 4,
+                n_taken: 2,
+                var_scale: 0.3,
+                temperature: -1e-30,
+                chunk: Some(9),
+            },
             max_iter: 50,
-            var_scale: 0.3,
-            temperature: -1e-30,
-            chunk: Some(9),
             json: Some("r.json".into()),
             resume: true,
             save_frames: Some("f".into()),
@@ -245,5 +364,19 @@ mod tests {
         let v = serde_json::to_value(&a).unwrap();
         let b: PlanArgs = serde_json::from_value(v).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn reports_written_before_control_args_existed_still_read() {
+        // The settings of a report written by an earlier qwm: every key at one level.
+        let old = r#"{"model":"models/wall","env":null,"episodes":50,"seed":0,"planner":"cem",
+            "samples":300,"topk":30,"opt_steps":10,"horizon":5,"n_taken":5,"max_iter":50,
+            "var_scale":1.0,"temperature":0.1,"chunk":null,"threads":1,"backend":"ort",
+            "target":null,"mem_limit":null,"ort_lib":null,"json":"c.json","resume":true,
+            "save_frames":null}"#;
+        let a: PlanArgs = serde_json::from_str(old).unwrap();
+        assert_eq!(a.control, ControlArgs::default());
+        assert_eq!((a.max_iter, a.run.threads), (50, Some(1)));
+        assert_eq!(a.run.backend, Some(BackendKind::Ort));
     }
 }

@@ -17,7 +17,7 @@ use crate::onnx::proto as onnx;
 use crate::quant::scheme::Scheme;
 use crate::quant::settings::QuantizeArgs;
 use crate::runtime::report::PlanReport;
-use crate::runtime::settings::{PlanArgs, RunArgs};
+use crate::runtime::settings::{ControlArgs, PlanArgs, RunArgs};
 use crate::util::stats::spearman;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -533,11 +533,14 @@ fn start(opts: &StudyOptions, job: Job, mp: &MultiProgress) -> Result<Running> {
                 model: bundle_dir(opts, cell),
                 episodes: cell.episodes,
                 seed: cell.seed,
-                samples: p.samples,
-                topk: p.topk,
-                horizon: p.horizon,
-                n_taken: p.n_taken,
-                opt_steps: cell.opt_steps,
+                control: ControlArgs {
+                    samples: p.samples,
+                    topk: p.topk,
+                    horizon: p.horizon,
+                    n_taken: p.n_taken,
+                    opt_steps: cell.opt_steps,
+                    ..ControlArgs::default()
+                },
                 max_iter: cell.max_iter,
                 run: RunArgs {
                     threads: Some(opts.threads),
