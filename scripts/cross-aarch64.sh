@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for an aarch64 qwm on a plain Debian 12 machine, without Docker:
-#   scripts/cross-aarch64.sh            # build target/xc/aarch64-unknown-linux-gnu/release/qwm
+#   scripts/cross-aarch64.sh            # build target/xc/aarch64-unknown-linux-gnu/release/qwm,
+#                                       # libqwmc.a (the C API) and the C example `episode` beside it
 #   scripts/cross-aarch64.sh run ARGS   # build, then run `qwm ARGS` under qemu-aarch64 (QEMU_CPU, default cortex-a76)
 # Installs (once, needs root) Debian's Rust 1.96 (rustc-web, cargo-web) with its arm64 standard
 # library, the aarch64 gcc as linker and qemu-user. Debian's compiler is used only for this build
@@ -29,6 +30,12 @@ export QEMU_CPU=${QEMU_CPU:-cortex-a76}
 BIN=$CARGO_TARGET_DIR/$TRIPLE/release/qwm
 aarch64-linux-gnu-strip -o "$BIN.stripped" "$BIN"
 echo "built $BIN ($(stat -c %s "$BIN.stripped") bytes stripped: $BIN.stripped)"
+# The C API for the board and the C example linked against it (scripts/c-example.sh runs it).
+/usr/bin/cargo build --release --target $TRIPLE -p qwm-capi
+aarch64-linux-gnu-gcc -O2 -Wall -Wextra -Werror -std=c11 examples/c/episode.c -Iinclude \
+    "$CARGO_TARGET_DIR/$TRIPLE/release/libqwmc.a" -lm -lpthread -ldl -Wl,-z,noexecstack \
+    -o "$CARGO_TARGET_DIR/$TRIPLE/release/episode"
+echo "built $CARGO_TARGET_DIR/$TRIPLE/release/episode (the C example on libqwmc.a)"
 if [ "${1:-}" = run ]; then
     shift
     qemu-aarch64 "$BIN" "$@"

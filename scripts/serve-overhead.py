@@ -23,6 +23,32 @@ sys.path.insert(0, os.path.join(HERE, "..", "examples", "python"))
 from qwm_client import Client  # noqa: E402
 
 
+def module_overhead(a, s, frame, proprio):
+    """The same through the Python module: `act` wall time minus the controller's own time."""
+    try:
+        import numpy as np
+        import qwm
+    except ImportError as e:
+        print(f"python module not measured: {e} (pip install . first)", file=sys.stderr)
+        return {}
+    ctl = qwm.Controller(os.path.join(HERE, "..", "models", "wall"), threads=1, samples=2,
+                         topk=1, opt_steps=1, horizon=1, n_taken=1)
+    img = np.frombuffer(frame, dtype=np.uint8).reshape(s, s, 3)
+    ctl.set_goal(img, proprio)
+    over = []
+    for i in range(a.calls + 20):
+        t0 = time.perf_counter()
+        ctl.act(img, proprio)
+        t1 = time.perf_counter()
+        t = ctl.last["timing"]
+        if i >= 20:
+            over.append((t1 - t0) - (t["encode_s"] + t["plan_s"]))
+    return {
+        "module_overhead_median_s": statistics.median(over),
+        "module_overhead_p90_s": sorted(over)[int(0.9 * len(over))],
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("qwm", nargs="?", default=os.path.join(HERE, "..", "target", "release", "qwm"))
@@ -59,6 +85,7 @@ def main():
     c.shutdown()
     srv.wait(timeout=30)
     over = [x - y for x, y in zip(rtt, inside)]
+    module = module_overhead(a, s, frame, proprio)
     res = {
         "frame": f"{s}x{s} RGB ({s * s * 3} bytes)",
         "transport": "unix socket",
@@ -68,6 +95,7 @@ def main():
         "overhead_median_s": statistics.median(over),
         "overhead_p90_s": sorted(over)[int(0.9 * len(over))],
         "hello_round_trip_median_s": statistics.median(hello),
+        **module,
         "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t"),
     }
     os.makedirs(os.path.dirname(a.out), exist_ok=True)

@@ -1,7 +1,7 @@
 //! `qwm serve`: the MPC controller behind a socket (docs/serve.md).
 
 use crate::runtime::controller::Controller;
-use crate::runtime::settings::{ControlArgs, RunArgs};
+use crate::runtime::settings::ControllerArgs;
 use crate::serve::{serve as run_server, Listen, ServeOptions};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -19,14 +19,8 @@ pub struct ServeArgs {
     /// stdout).
     #[arg(long)]
     pub listen: String,
-    /// Planner seed: episode e (see the `reset` request) draws planner noise from stream e of it,
-    /// as episode e of `qwm plan --seed S` does.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     #[command(flatten)]
-    pub control: ControlArgs,
-    #[command(flatten)]
-    pub run: RunArgs,
+    pub controller: ControllerArgs,
     /// Largest frame payload a request may declare, e.g. 64M.
     #[arg(long, default_value = "64M")]
     pub max_frame_bytes: String,
@@ -54,7 +48,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         max_blob: max as u32,
         io_timeout: Duration::from_secs_f64(args.io_timeout),
     };
-    let mut ctl = Controller::open(&args.model, &args.control, &args.run, args.seed)
+    let c = &args.controller;
+    let mut ctl = Controller::open(&args.model, &c.control, &c.run, c.seed)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let s = ctl.shape();
     let model = args.model.display().to_string();

@@ -47,7 +47,7 @@ pub struct PlanOutcome {
 }
 
 /// A planner: optimize a horizon-long sequence starting from an optional warm-start mean.
-pub trait Planner {
+pub trait Planner: Send {
     /// Plan `horizon` actions.
     fn plan(
         &self,

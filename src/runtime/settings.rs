@@ -221,6 +221,51 @@ impl ControlArgs {
     }
 }
 
+/// Everything a [`Controller`](crate::runtime::controller::Controller) is built from besides
+/// the bundle: the planner seed, the planner, and where the graphs run. `qwm serve` takes these
+/// flags; the C ABI and the Python module accept the same flags as a list of strings.
+#[derive(Args, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[command(allow_negative_numbers = true)]
+pub struct ControllerArgs {
+    /// Planner seed: episode e (`reset_to(e)`) draws planner noise from stream e of it, as episode
+    /// e of `qwm plan --seed S` does.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub control: ControlArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
+}
+
+impl ControllerArgs {
+    /// Parse flags such as `["--samples", "100", "--backend", "ort"]` (no program name).
+    pub fn parse_flags<I, T>(flags: I) -> crate::error::Result<ControllerArgs>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        #[command(name = "controller options", no_binary_name = true)]
+        struct Wrap {
+            #[command(flatten)]
+            args: ControllerArgs,
+        }
+        <Wrap as clap::Parser>::try_parse_from(flags)
+            .map(|w| w.args)
+            .map_err(|e| crate::error::QwmError::Usage(e.render().to_string().trim().to_string()))
+    }
+
+    /// The flags that parse back into these settings.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["--seed".into(), self.seed.to_string().into()];
+        v.extend(self.control.to_args());
+        v.extend(self.run.to_args());
+        v
+    }
+}
+
 #[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[command(allow_negative_numbers = true)]
 pub struct PlanArgs {
@@ -364,6 +409,26 @@ mod tests {
         let v = serde_json::to_value(&a).unwrap();
         let b: PlanArgs = serde_json::from_value(v).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn controller_flags_parse_and_name_the_bad_one() {
+        let a = ControllerArgs::parse_flags(["--samples", "40", "--seed", "7", "--threads", "1"])
+            .unwrap();
+        assert_eq!((a.seed, a.control.samples, a.run.threads), (7, 40, Some(1)));
+        assert_eq!(ControllerArgs::parse_flags(a.to_args()).unwrap(), a);
+        assert_eq!(
+            ControllerArgs::parse_flags(Vec::<String>::new()).unwrap(),
+            ControllerArgs::default()
+        );
+        let e = ControllerArgs::parse_flags(["--smples", "4"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--smples"), "{e}");
+        let e = ControllerArgs::parse_flags(["--samples", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--samples"), "{e}");
     }
 
     #[test]
