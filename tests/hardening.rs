@@ -382,3 +382,143 @@ fn graphs_that_disagree_with_the_manifest_are_refused() {
         "{err}"
     );
 }
+
+/// A copy of Wall whose first float matrix initializer of the encoder is edited.
+fn with_encoder_weight(dir: &Path, edit: impl FnOnce(&mut tract_onnx::pb::TensorProto)) -> PathBuf {
+    let b = copy_wall(dir);
+    edit_encoder(&b, |m| {
+        let g = m.graph.as_mut().unwrap();
+        let t = g
+            .initializer
+            .iter_mut()
+            .find(|t| t.dims.len() == 2 && t.dims.iter().all(|&d| d > 1))
+            .expect("a weight matrix");
+        edit(t);
+    });
+    b
+}
+
+#[test]
+fn impossible_graphs_and_sizes_are_errors_not_panics_or_aborts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = |b: &Path| {
+        qwm(&[
+            "plan",
+            "--model",
+            b.to_str().unwrap(),
+            "--episodes",
+            "1",
+            "--max-iter",
+            "1",
+            "--samples",
+            "8",
+            "--topk",
+            "2",
+            "--opt-steps",
+            "1",
+        ])
+    };
+    let quantize = |b: &Path, out: &Path| {
+        qwm(&[
+            "quantize",
+            "--model",
+            b.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--encoder",
+            "w8",
+            "--predictor",
+            "float",
+            "--calib-episodes",
+            "1",
+            "--calib-iters",
+            "1",
+            "--calib-samples",
+            "8",
+        ])
+    };
+    // Weight dims that cannot be (2^32 x 2^32), negative, or a STRING tensor: plan and quantize
+    // refuse them, naming the tensor; no bundle is written.
+    type Edit = Box<dyn Fn(&mut tract_onnx::pb::TensorProto)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        ("huge", Box::new(|t| t.dims = vec![1 << 32, 1 << 32])),
+        ("negative", Box::new(|t| t.dims = vec![-1, t.dims[1]])),
+        (
+            "string",
+            Box::new(|t| {
+                t.data_type = tract_onnx::pb::tensor_proto::DataType::String as i32;
+                t.string_data = vec![b"x".to_vec(); 4];
+                t.raw_data.clear();
+            }),
+        ),
+    ];
+    for (label, edit) in cases {
+        let b = with_encoder_weight(&tmp.path().join(label), edit);
+        let (ok, err) = plan(&b);
+        assert!(
+            !ok && err.contains("error:") && err.contains("initializer '"),
+            "plan, weight {label}: {err}"
+        );
+        let out = tmp.path().join(format!("q-{label}"));
+        let (ok, err) = quantize(&b, &out);
+        assert!(
+            !ok && err.contains("error:"),
+            "quantize, weight {label}: {err}"
+        );
+        assert!(
+            !out.join("manifest.json").exists(),
+            "{label}: a bundle was written"
+        );
+    }
+    // A graph without nodes, and a ConstantOfShape of [2^20, 2^20].
+    let b = copy_wall(&tmp.path().join("empty"));
+    edit_encoder(&b, |m| m.graph.as_mut().unwrap().node.clear());
+    let (ok, err) = plan(&b);
+    assert!(!ok && err.contains("encoder"), "zero nodes: {err}");
+    let b = copy_wall(&tmp.path().join("cos"));
+    edit_encoder(&b, |m| {
+        let g = m.graph.as_mut().unwrap();
+        g.initializer.push(tract_onnx::pb::TensorProto {
+            name: "qwm_test_shape".into(),
+            dims: vec![2],
+            data_type: tract_onnx::pb::tensor_proto::DataType::Int64 as i32,
+            int64_data: vec![1 << 20, 1 << 20],
+            ..Default::default()
+        });
+        g.node.insert(
+            0,
+            tract_onnx::pb::NodeProto {
+                op_type: "ConstantOfShape".into(),
+                name: "qwm_test_cos".into(),
+                input: vec!["qwm_test_shape".into()],
+                output: vec!["qwm_test_big".into()],
+                ..Default::default()
+            },
+        );
+        g.output.push(tract_onnx::pb::ValueInfoProto {
+            name: "qwm_test_big".into(),
+            ..Default::default()
+        });
+    });
+    let (ok, err) = plan(&b);
+    assert!(!ok && err.contains("error:"), "ConstantOfShape 2^40: {err}");
+    // A fixture whose .npy header declares 4e9 rows: verify refuses it, naming the file.
+    let b = copy_wall(&tmp.path().join("npy"));
+    let fx = b.join("fixtures/encoder_proprio.npy");
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4000000000, 2), }";
+    let mut h = header.to_string();
+    while !(10 + h.len() + 1).is_multiple_of(64) {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((h.len() as u16).to_le_bytes());
+    bytes.extend(h.as_bytes());
+    bytes.extend([0u8; 64]);
+    std::fs::write(&fx, &bytes).unwrap();
+    let (ok, err) = qwm(&["verify", "--model", b.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("encoder_proprio"),
+        "npy 4e9 rows: {err}"
+    );
+}

@@ -151,6 +151,86 @@ pub fn read_f32(t: &TensorProto) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// Refuse initializers no engine here can hold: a STRING (or unknown) type, a negative
+/// dimension, more elements than can be addressed, or stored values that disagree with the
+/// dims; and, with `float_weights` (a float bundle about to be quantized), MatMul weights that
+/// are not float32 (the quantizer must not skip such a layer and write a bundle that cannot
+/// load). `what` names the graph file.
+pub fn check_initializers(m: &ModelProto, what: &str, float_weights: bool) -> Result<()> {
+    let Some(g) = m.graph.as_ref() else {
+        return Err(QwmError::Usage(format!("{what}: the model has no graph")));
+    };
+    let bad = |t: &TensorProto, msg: String| {
+        QwmError::Usage(format!("{what}: initializer '{}' {msg}", t.name))
+    };
+    for t in &g.initializer {
+        let width = match DataType::try_from(t.data_type) {
+            Ok(DataType::Float | DataType::Int32 | DataType::Uint32) => 4,
+            Ok(DataType::Int64 | DataType::Uint64 | DataType::Double) => 8,
+            Ok(DataType::Int8 | DataType::Uint8 | DataType::Bool) => 1,
+            Ok(DataType::Float16 | DataType::Bfloat16 | DataType::Int16 | DataType::Uint16) => 2,
+            Ok(other) => {
+                return Err(bad(
+                    t,
+                    format!("has type {other:?}, which qwm does not support"),
+                ))
+            }
+            Err(_) => return Err(bad(t, format!("has an unknown data type {}", t.data_type))),
+        };
+        if let Some(d) = t.dims.iter().find(|&&d| d < 0) {
+            return Err(bad(
+                t,
+                format!("has a negative dimension {d} in {:?}", t.dims),
+            ));
+        }
+        let n = t
+            .dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .filter(|&n| n <= (isize::MAX as u64) / 8)
+            .ok_or_else(|| {
+                bad(
+                    t,
+                    format!("has dims {:?}: more elements than can exist", t.dims),
+                )
+            })?;
+        if !t.raw_data.is_empty() && t.raw_data.len() as u64 != n * width {
+            return Err(bad(
+                t,
+                format!(
+                    "stores {} bytes for dims {:?} ({} expected)",
+                    t.raw_data.len(),
+                    t.dims,
+                    n * width
+                ),
+            ));
+        }
+    }
+    if !float_weights {
+        return Ok(());
+    }
+    let inits: std::collections::HashMap<&str, &TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    for n in g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "MatMul" || n.op_type == "Gemm")
+    {
+        for w in n.input.iter().filter_map(|i| inits.get(i.as_str())) {
+            if w.data_type != DataType::Float as i32 {
+                return Err(bad(
+                    w,
+                    format!(
+                        "feeds {} '{}' but is not float32 (a float bundle's weights are float32)",
+                        n.op_type, n.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Bytes of the float32 initializers of a graph (its weights as stored in f32).
 pub fn float_initializer_bytes(m: &ModelProto) -> u64 {
     m.graph

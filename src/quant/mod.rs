@@ -440,6 +440,9 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
         onnx::decode(&bundle.encoder.bytes, &bundle.encoder.spec.file)?,
         onnx::decode(&bundle.predictor.bytes, &bundle.predictor.spec.file)?,
     ];
+    for (p, g) in protos.iter().zip([&bundle.encoder, &bundle.predictor]) {
+        onnx::check_initializers(p, &g.spec.file, true)?;
+    }
     let schemes = [cfg.encoder, cfg.predictor];
     let needs_calib = cfg.method == Method::Awq
         || cfg.method == Method::Smoothquant

@@ -54,8 +54,12 @@ impl VerifyReport {
 fn fixture(bundle: &Path, name: &str) -> Result<ArrayD<f32>> {
     use ndarray_npy::ReadNpyExt;
     let p = bundle.join("fixtures").join(format!("{name}.npy"));
-    let file = crate::util::fs::open_regular(&p).map_err(|e| QwmError::io(&p, e))?;
-    let a = ArrayD::<f32>::read_npy(std::io::BufReader::new(file))
+    // Fixtures are small: 1 GiB bounds the read; the header's shape must then fit the bytes
+    // that follow it before anything of that shape is allocated.
+    let bytes = crate::util::fs::read_regular(&p, 1 << 30).map_err(|e| QwmError::io(&p, e))?;
+    check_npy_size(&bytes)
+        .map_err(|m| QwmError::bundle(&p, format!("cannot read fixture: {m}")))?;
+    let a = ArrayD::<f32>::read_npy(std::io::Cursor::new(&bytes))
         .map_err(|e| QwmError::bundle(&p, format!("cannot read fixture: {e}")))?;
     if let Some(i) = a.iter().position(|v| !v.is_finite()) {
         return Err(QwmError::bundle(
@@ -67,6 +71,44 @@ fn fixture(bundle: &Path, name: &str) -> Result<ArrayD<f32>> {
         ));
     }
     Ok(a)
+}
+
+/// The `.npy` header's shape, as 4-byte elements, must fit in the bytes after the header.
+fn check_npy_size(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not an .npy file".into());
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!(".npy version {v} is not supported")),
+    };
+    let header = bytes
+        .get(start..start.saturating_add(len))
+        .ok_or("the .npy header is truncated")?;
+    let header = String::from_utf8_lossy(header);
+    let shape = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|r| r.split('(').nth(1))
+        .and_then(|r| r.split(')').next())
+        .ok_or("the .npy header has no shape")?;
+    let mut n: u128 = 1;
+    for d in shape.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let d: u128 = d.parse().map_err(|_| format!("bad .npy shape ({shape})"))?;
+        n = n.saturating_mul(d);
+    }
+    let have = (bytes.len() - start - len) as u128;
+    if n.saturating_mul(4) > have {
+        return Err(format!(
+            "the header declares shape ({shape}), {} bytes of float32, but the file holds {have} after the header",
+            n.saturating_mul(4)
+        ));
+    }
+    Ok(())
 }
 
 fn has_fixture(bundle: &Path, name: &str) -> bool {

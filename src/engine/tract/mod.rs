@@ -246,6 +246,9 @@ fn load_tract(graph: &MappedGraph, opts: &LoadOptions) -> Result<Box<dyn Session
     let mut proto = tract_onnx::pb::ModelProto::decode(&graph.bytes[..])
         .map_err(|e| err(&name, format!("not a valid ONNX protobuf: {e}")))?;
     crate::onnx::proto::refuse_external_data(&proto, true).map_err(|e| err(&name, e))?;
+    // Impossible tensors are named here rather than left to tract's importer.
+    crate::onnx::proto::check_initializers(&proto, &name, false)
+        .map_err(|e| err(&name, e.to_string()))?;
     let (declared_in, declared_out) = declared_io(&proto);
     // Integer matmuls (the deploy form's MatMulInteger / QLinearMatMul) that qwm does not fuse
     // (see [`crate::engine::tract::int8`]) only reach tract's int8 kernels when the batch is concrete: with
