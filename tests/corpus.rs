@@ -655,3 +655,179 @@ fn bit_flips_past_the_hash_never_panic() {
     }
     assert_eq!(n, 50);
 }
+
+/// Issue 23's classes as generated families: impossible initializers in both graphs (every
+/// engine load must name the tensor), malformed fixture files for `verify` (named), and the
+/// flags of `qwm serve`.
+fn impossible_tensor_cases() -> Vec<Case> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    let mut cases = vec![];
+    type Edit = fn(&mut pb::TensorProto) -> bool;
+    let edits: [(&str, Edit); 5] = [
+        ("dims that cannot exist", |t| {
+            t.dims = vec![1 << 32, 1 << 32];
+            true
+        }),
+        ("a negative dim", |t| {
+            t.dims = vec![-1];
+            true
+        }),
+        ("STRING type", |t| {
+            t.data_type = DataType::String as i32;
+            true
+        }),
+        ("an unknown type", |t| {
+            t.data_type = 99;
+            true
+        }),
+        ("raw bytes short of its dims", |t| {
+            if t.raw_data.len() < 8 {
+                return false;
+            }
+            t.raw_data.truncate(t.raw_data.len() - 4);
+            true
+        }),
+    ];
+    for role in ["encoder", "predictor"] {
+        let file = format!("{role}.onnx");
+        let orig =
+            pb::ModelProto::decode(&std::fs::read(tiny_h3().join(&file)).unwrap()[..]).unwrap();
+        let names: Vec<String> = orig
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .filter(|t| !t.dims.is_empty() && t.raw_data.len() >= 8)
+            .take(8)
+            .map(|t| t.name.clone())
+            .collect();
+        for name in &names {
+            for (label, edit) in edits {
+                let mut m = orig.clone();
+                let t = m
+                    .graph
+                    .as_mut()
+                    .unwrap()
+                    .initializer
+                    .iter_mut()
+                    .find(|t| &t.name == name)
+                    .unwrap();
+                if !edit(t) {
+                    continue;
+                }
+                let bytes = m.encode_to_vec();
+                cases.push(bundle_case(
+                    format!("{file}: initializer {name} with {label}"),
+                    &format!("initializer '{name}'"),
+                    move |d| replace_graph(d, role, &bytes),
+                ));
+            }
+        }
+    }
+    cases
+}
+
+fn npy_bytes(descr: &str, shape: &str, data: usize, version: u8) -> Vec<u8> {
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({shape}), }}");
+    while !(10 + h.len() + 1).is_multiple_of(64) {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut b = b"\x93NUMPY".to_vec();
+    b.extend([version, 0]);
+    b.extend((h.len() as u16).to_le_bytes());
+    b.extend(h.as_bytes());
+    b.extend(vec![0u8; data]);
+    b
+}
+
+fn fixture_cases() -> Vec<Case> {
+    let mut cases = vec![];
+    let fixtures: Vec<String> = std::fs::read_dir(tiny_h3().join("fixtures"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    type Make = fn() -> Vec<u8>;
+    let bad: [(&str, Make); 6] = [
+        ("declares 4e9 rows", || {
+            npy_bytes("<f4", "4000000000, 3", 64, 1)
+        }),
+        ("declares 2^62 x 2^62", || {
+            npy_bytes("<f4", "4611686018427387904, 4611686018427387904", 64, 1)
+        }),
+        ("holds half its data", || npy_bytes("<f4", "4, 8", 64, 1)),
+        ("has a bad magic", || {
+            b"\x93NUMPX\x01\x00\x10\x00{}".to_vec()
+        }),
+        ("is version 9", || npy_bytes("<f4", "2", 8, 9)),
+        ("is float64", || npy_bytes("<f8", "2, 2", 32, 1)),
+    ];
+    for f in &fixtures {
+        for (label, bytes) in bad {
+            let d = copy_bundle(&tiny_h3());
+            let fx = d.path().join("fixtures");
+            std::fs::create_dir_all(&fx).unwrap();
+            for g in &fixtures {
+                std::fs::copy(tiny_h3().join("fixtures").join(g), fx.join(g)).unwrap();
+            }
+            std::fs::write(fx.join(f), bytes()).unwrap();
+            cases.push(Case {
+                what: format!("fixture {f} {label}"),
+                args: s(&["verify", "--model", d.path().to_str().unwrap()]),
+                needle: f.trim_end_matches(".npy").to_string(),
+                _dir: Some(d),
+            });
+        }
+    }
+    cases
+}
+
+fn serve_flag_cases() -> Vec<Case> {
+    let mut cases = vec![];
+    let sock = |d: &tempfile::TempDir| format!("unix:{}", d.path().join("s.sock").display());
+    for listen in [
+        "udp:1",
+        "unix:",
+        "tcp:nohost",
+        "tcp:999.1.1.1:5",
+        "",
+        "stdio:x",
+    ] {
+        cases.push(Case {
+            what: format!("serve --listen '{listen}'"),
+            args: s(&["serve", "--threads", "1", "--listen", listen]),
+            needle: "--listen".into(),
+            _dir: None,
+        });
+    }
+    for v in ["0", "-1", "5G", "abc", "1e99"] {
+        let d = tempfile::tempdir().unwrap();
+        cases.push(Case {
+            what: format!("serve --max-frame-bytes {v}"),
+            args: s(&["serve", "--listen", &sock(&d), "--max-frame-bytes", v]),
+            needle: "--max-frame-bytes".into(),
+            _dir: Some(d),
+        });
+    }
+    for v in ["0", "-1", "nan", "inf", "1e9", "x"] {
+        let d = tempfile::tempdir().unwrap();
+        cases.push(Case {
+            what: format!("serve --io-timeout {v}"),
+            args: s(&["serve", "--listen", &sock(&d), "--io-timeout", v]),
+            needle: "--io-timeout".into(),
+            _dir: Some(d),
+        });
+    }
+    cases
+}
+
+#[test]
+fn corpus_of_impossible_tensors_fixtures_and_serve_flags() {
+    let mut cases = impossible_tensor_cases();
+    let tensors = cases.len();
+    cases.extend(fixture_cases());
+    cases.extend(serve_flag_cases());
+    assert!(tensors >= 50, "only {tensors} initializer cases");
+    check(cases, 150, "tensors, fixtures, serve flags");
+}
