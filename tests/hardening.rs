@@ -522,3 +522,40 @@ fn impossible_graphs_and_sizes_are_errors_not_panics_or_aborts() {
         "npy 4e9 rows: {err}"
     );
 }
+
+#[test]
+fn graphs_beyond_any_world_models_size_are_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = copy_wall(&tmp.path().join("big"));
+    let n = qwm::engine::tract::MAX_NODES + 1;
+    edit_encoder(&b, |m| {
+        let g = m.graph.as_mut().unwrap();
+        for node in g.node.iter_mut() {
+            for o in node.output.iter_mut() {
+                if o == "visual" {
+                    *o = "v0".into();
+                }
+            }
+        }
+        for i in 0..n {
+            let out = if i + 1 == n {
+                "visual".to_string()
+            } else {
+                format!("v{}", i + 1)
+            };
+            g.node.push(tract_onnx::pb::NodeProto {
+                op_type: "Identity".into(),
+                name: format!("id{i}"),
+                input: vec![format!("v{i}")],
+                output: vec![out],
+                ..Default::default()
+            });
+        }
+    });
+    // Without the bound this graph loads (in about 4 s: tract's import is quadratic) and plans.
+    let (ok, err) = qwm(&["plan", "--model", b.to_str().unwrap(), "--episodes", "1"]);
+    assert!(
+        !ok && err.contains("nodes") && err.contains("encoder.onnx"),
+        "{err}"
+    );
+}
