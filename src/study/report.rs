@@ -498,6 +498,37 @@ fn pareto_front(sorted: &[(f64, f64)]) -> Vec<(f64, f64)> {
     front
 }
 
+/// Discordant episode pairs against the float cell of the same seed, budget and episodes
+/// (episodes are paired by index: the same task seeds): (float succeeded and `r` failed, the
+/// reverse). None for a float cell or without a comparable float cell.
+fn paired_with_float(r: &CellResult, floats: &[&CellResult]) -> Option<(usize, usize)> {
+    if r.cell.scheme == "float" {
+        return None;
+    }
+    let f = floats.iter().find(|f| {
+        (
+            f.cell.opt_steps,
+            f.cell.max_iter,
+            f.cell.seed,
+            f.per_episode.len(),
+        ) == (
+            r.cell.opt_steps,
+            r.cell.max_iter,
+            r.cell.seed,
+            r.per_episode.len(),
+        ) && !r.per_episode.is_empty()
+    })?;
+    let (mut lost, mut won) = (0, 0);
+    for (a, b) in f.per_episode.iter().zip(&r.per_episode) {
+        match (a.success, b.success) {
+            (true, false) => lost += 1,
+            (false, true) => won += 1,
+            _ => {}
+        }
+    }
+    Some((lost, won))
+}
+
 fn markdown(
     results: &[CellResult],
     budget: (usize, usize),
@@ -532,13 +563,24 @@ fn markdown(
         budget.0,
         budget.1
     );
-    let _ = writeln!(s, "| cell | module | method | scheme | opt/MPC steps | seed | success [Wilson 95%] | mean dist | mean objective | Spearman | plan s/step p50 | weights at bits | ONNX files |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| cell | module | method | scheme | opt/MPC steps | seed | success [Wilson 95%] | vs float: lost/won, McNemar p | mean dist | mean objective | Spearman | plan s/step p50 | weights at bits | ONNX files |");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let floats: Vec<&CellResult> = rs
+        .iter()
+        .copied()
+        .filter(|r| r.cell.scheme == "float")
+        .collect();
     for r in rs {
+        let vs_float = paired_with_float(r, &floats)
+            .map(|(b, c)| format!("{b}/{c}, p {:.3}", crate::util::stats::mcnemar_exact(b, c)))
+            .unwrap_or_else(|| "-".into());
         let interval = crate::util::stats::wilson(r.successes, r.cell.episodes, 1.96);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {}/{} | {} | {}/{} ({:.2}) [{:.2}, {:.2}] | {:.2} | {:.4} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {}/{} | {} | {}/{} ({:.2}) [{:.2}, {:.2}] | {} | {:.2} | {:.4} | {} | {:.2} | {} | {} |",
             r.cell.id,
             r.cell.module.map(|m| m.name()).unwrap_or("-"),
             r.cell.method.map(super::method_name).unwrap_or("-"),
@@ -551,6 +593,7 @@ fn markdown(
             r.success_rate,
             interval.0,
             interval.1,
+            vs_float,
             r.mean_final_distance,
             r.mean_final_objective,
             r.spearman_objective_distance
@@ -655,6 +698,44 @@ mod tests {
         assert!(cells[3].starts_with(&format!("{} [", within(2))), "{row}");
         assert!(cells[9].starts_with("50 [0.93, 1.00]"), "{row}");
         assert!(md.contains("50/50 (1.00) [0.93, 1.00]"), "{md}");
+    }
+
+    /// The shipped wall50 float and W4-g128 cells, paired episode by episode: the report's
+    /// discordant counts are those of the per-episode records, and the p value is McNemar's.
+    #[test]
+    fn quantized_cells_are_paired_with_the_float_cell_by_episode() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/study/wall50");
+        let text = std::fs::read_to_string(root.join("results.jsonl")).unwrap();
+        let rs: Vec<CellResult> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let q = rs
+            .iter()
+            .find(|r| r.cell.id == "rtn-both-w4-g128-o10-i50-s0")
+            .expect("the W4-g128 cell");
+        let f = rs.iter().find(|r| r.cell.scheme == "float").unwrap();
+        let lost = f
+            .per_episode
+            .iter()
+            .zip(&q.per_episode)
+            .filter(|(a, b)| a.success && !b.success)
+            .count();
+        let won = f
+            .per_episode
+            .iter()
+            .zip(&q.per_episode)
+            .filter(|(a, b)| !a.success && b.success)
+            .count();
+        assert_eq!(paired_with_float(q, &[f]), Some((lost, won)));
+        assert_eq!((lost, won), (16, 0), "float 50/50 against W4-g128 34/50");
+        assert_eq!(paired_with_float(f, &[f]), None);
+        let md = markdown(&rs, (10, 50), &[], &[]);
+        let want = format!(
+            "| 16/0, p {:.3} |",
+            crate::util::stats::mcnemar_exact(16, 0)
+        );
+        assert!(md.contains(&want), "{md}");
     }
 
     #[test]

@@ -68,9 +68,39 @@ pub fn wilson(successes: usize, n: usize, z: f64) -> (f64, f64) {
     ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
+/// Exact two-sided McNemar test of paired binary outcomes: `b` pairs where only the first
+/// succeeded, `c` where only the second did. Under "no difference" each discordant pair is a
+/// fair coin, so p = min(1, 2 P[X <= min(b, c)]) for X ~ Binomial(b + c, 1/2); 1 with no
+/// discordant pair. Computed in log space (exact for the few hundred pairs a study has).
+pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
+    let n = b + c;
+    if n == 0 {
+        return 1.0;
+    }
+    let ln_fact = |k: usize| (1..=k).map(|i| (i as f64).ln()).sum::<f64>();
+    let ln_n = ln_fact(n);
+    let tail: f64 = (0..=b.min(c))
+        .map(|i| (ln_n - ln_fact(i) - ln_fact(n - i) - n as f64 * std::f64::consts::LN_2).exp())
+        .sum();
+    (2.0 * tail).min(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcnemar_matches_the_binomial_by_hand() {
+        // 5 discordant pairs all one way: 2 * 0.5^5.
+        assert!((mcnemar_exact(0, 5) - 0.0625).abs() < 1e-12);
+        assert!((mcnemar_exact(5, 0) - 0.0625).abs() < 1e-12);
+        // 1 vs 9: 2 * (C(10,0) + C(10,1)) / 2^10 = 22 / 1024.
+        assert!((mcnemar_exact(1, 9) - 22.0 / 1024.0).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(3, 3), 1.0);
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        // 16 failures of 50 against none the other way: far below 0.001.
+        assert!(mcnemar_exact(16, 0) < 1e-4);
+    }
 
     #[test]
     fn quantiles() {
