@@ -254,3 +254,63 @@ pub struct ErrorBody {
     /// What went wrong, for people.
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(json: &[u8], blob: &[u8]) -> Vec<u8> {
+        let mut v = vec![];
+        write_message(&mut v, json, blob).unwrap();
+        v
+    }
+
+    #[test]
+    fn messages_round_trip_and_broken_framing_is_named() {
+        let m = framed(br#"{"op":"hello"}"#, b"abc");
+        assert_eq!(&m[..4], MAGIC);
+        let got = read_message(&mut &m[..], 16).unwrap();
+        assert_eq!(
+            (&got.json[..], &got.blob[..]),
+            (&br#"{"op":"hello"}"#[..], &b"abc"[..])
+        );
+        assert!(matches!(
+            read_message(&mut &[][..], 16),
+            Err(ReadError::Closed)
+        ));
+        assert!(matches!(
+            read_message(&mut &m[..5], 16),
+            Err(ReadError::Truncated {
+                part: "header",
+                got: 5,
+                want: 12
+            })
+        ));
+        assert!(matches!(
+            read_message(&mut &m[..m.len() - 1], 16),
+            Err(ReadError::Truncated {
+                part: "blob",
+                got: 2,
+                want: 3
+            })
+        ));
+        let mut bad = m.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            read_message(&mut &bad[..], 16),
+            Err(ReadError::BadMagic(_))
+        ));
+        assert!(matches!(
+            read_message(&mut &m[..], 2),
+            Err(ReadError::TooLarge {
+                part: "blob",
+                len: 3,
+                max: 2
+            })
+        ));
+        let mut huge = m.clone();
+        huge[4..8].copy_from_slice(&(MAX_JSON + 1).to_le_bytes());
+        let e = read_message(&mut &huge[..], 16).unwrap_err();
+        assert!(e.to_string().contains("json"), "{e}");
+    }
+}
