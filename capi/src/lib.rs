@@ -195,6 +195,21 @@ unsafe fn frame_arg(rgb: *const u8, height: usize, width: usize) -> Result<Frame
     })
 }
 
+/// A frame and its proprioception from the caller's buffers (the arguments every
+/// observation-taking function shares).
+unsafe fn observation<'a>(
+    rgb: *const u8,
+    height: usize,
+    width: usize,
+    proprio: *const f32,
+    proprio_len: usize,
+) -> Result<(Frame, &'a [f32]), Failure> {
+    // SAFETY: the caller's buffers, as each public function documents.
+    let frame = unsafe { frame_arg(rgb, height, width) }?;
+    let p = unsafe { slice_arg(proprio, proprio_len, "proprio") }?;
+    Ok((frame, p))
+}
+
 fn write_len(p: *mut usize, n: usize) {
     if !p.is_null() {
         // SAFETY: a non-NULL length pointer is writable (the contract).
@@ -307,8 +322,7 @@ pub unsafe extern "C" fn qwm_controller_set_goal(
     guard(|| {
         // SAFETY: the caller's handle and buffers.
         let c = &mut unsafe { handle(ctl, "ctl") }?.inner;
-        let frame = unsafe { frame_arg(rgb, height, width) }?;
-        let p = unsafe { slice_arg(proprio, proprio_len, "proprio") }?;
+        let (frame, p) = unsafe { observation(rgb, height, width, proprio, proprio_len) }?;
         c.set_goal(&frame, p).map_err(fail)
     })
 }
@@ -344,8 +358,7 @@ pub unsafe extern "C" fn qwm_controller_act(
             ));
         }
         let out = unsafe { out_slice(actions, capacity, "actions") }?;
-        let frame = unsafe { frame_arg(rgb, height, width) }?;
-        let p = unsafe { slice_arg(proprio, proprio_len, "proprio") }?;
+        let (frame, p) = unsafe { observation(rgb, height, width, proprio, proprio_len) }?;
         let act = c.act(&frame, p).map_err(fail)?;
         out[..act.actions.len()].copy_from_slice(&act.actions);
         write_len(written, act.actions.len());
@@ -371,8 +384,7 @@ pub unsafe extern "C" fn qwm_controller_observe(
     guard(|| {
         // SAFETY: the caller's handle and buffers.
         let c = &mut unsafe { handle(ctl, "ctl") }?.inner;
-        let frame = unsafe { frame_arg(rgb, height, width) }?;
-        let p = unsafe { slice_arg(proprio, proprio_len, "proprio") }?;
+        let (frame, p) = unsafe { observation(rgb, height, width, proprio, proprio_len) }?;
         c.observe(&frame, p).map(|_| ()).map_err(fail)
     })
 }

@@ -180,31 +180,7 @@ pub fn serve(
         Listen::Unix(path) => {
             let (listener, _file) = bind_unix(path)?;
             ready(&format!("unix:{}", path.display()));
-            for stream in listener.incoming() {
-                let s = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("accept: {e}");
-                        continue;
-                    }
-                };
-                let (Ok(read), Ok(ctl_handle)) = (s.try_clone(), s.try_clone()) else {
-                    log::warn!("could not duplicate a client socket; dropped it");
-                    continue;
-                };
-                log::info!("client connected");
-                let mut conn = SocketConn {
-                    read,
-                    write: s,
-                    set: Box::new(move |t| {
-                        let _ = ctl_handle.set_read_timeout(t);
-                        let _ = ctl_handle.set_write_timeout(t);
-                    }),
-                };
-                if session(ctl, &mut conn, opts) == End::Shutdown {
-                    break;
-                }
-            }
+            accept_loop(ctl, listener.incoming(), opts);
             Ok(())
         }
         Listen::Tcp(addr) => {
@@ -219,33 +195,65 @@ pub fn serve(
                 );
             }
             ready(&format!("tcp:{local}"));
-            for stream in listener.incoming() {
-                let s = match stream {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("accept: {e}");
-                        continue;
-                    }
-                };
-                let _ = s.set_nodelay(true);
-                let (Ok(read), Ok(ctl_handle)) = (s.try_clone(), s.try_clone()) else {
-                    log::warn!("could not duplicate a client socket; dropped it");
-                    continue;
-                };
-                log::info!("client {:?} connected", s.peer_addr().ok());
-                let mut conn = SocketConn {
-                    read,
-                    write: s,
-                    set: Box::new(move |t| {
-                        let _ = ctl_handle.set_read_timeout(t);
-                        let _ = ctl_handle.set_write_timeout(t);
-                    }),
-                };
-                if session(ctl, &mut conn, opts) == End::Shutdown {
-                    break;
-                }
-            }
+            accept_loop(ctl, listener.incoming(), opts);
             Ok(())
+        }
+    }
+}
+
+/// A connected stream socket (Unix or TCP): duplicable, with timeouts.
+trait Socket: Read + Write + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn set_timeouts(&self, t: Option<Duration>);
+}
+
+impl Socket for std::os::unix::net::UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn set_timeouts(&self, t: Option<Duration>) {
+        let _ = self.set_read_timeout(t);
+        let _ = self.set_write_timeout(t);
+    }
+}
+
+impl Socket for std::net::TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        let _ = self.set_nodelay(true);
+        self.try_clone()
+    }
+    fn set_timeouts(&self, t: Option<Duration>) {
+        let _ = self.set_read_timeout(t);
+        let _ = self.set_write_timeout(t);
+    }
+}
+
+/// Serve the accepted clients one after another until one asks to shut down.
+fn accept_loop<S: Socket>(
+    ctl: &mut Controller,
+    incoming: impl Iterator<Item = std::io::Result<S>>,
+    opts: &ServeOptions,
+) {
+    for stream in incoming {
+        let s = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let (Ok(read), Ok(handle)) = (s.duplicate(), s.duplicate()) else {
+            log::warn!("could not duplicate a client socket; dropped it");
+            continue;
+        };
+        log::info!("client connected");
+        let mut conn = SocketConn {
+            read,
+            write: s,
+            set: Box::new(move |t| handle.set_timeouts(t)),
+        };
+        if session(ctl, &mut conn, opts) == End::Shutdown {
+            break;
         }
     }
 }
