@@ -526,8 +526,11 @@ fn flag_cases() -> Vec<Case> {
         add(&format!("quantize scheme {scheme}"), q(scheme), "--encoder");
     }
     let mut v = q("w8");
-    v.extend(s(&["--method", "gptq"]));
-    add("quantize gptq", v, "gptq");
+    v.extend(s(&["--method", "gptq", "--gptq-damp", "0"]));
+    add("quantize gptq damp 0", v, "--gptq-damp");
+    let mut v = q("w8");
+    v.extend(s(&["--method", "gptq", "--gptq-damp", "nan"]));
+    add("quantize gptq damp nan", v, "--gptq-damp");
     let mut v = q("w8");
     v.extend(s(&["--method", "omniquant"]));
     add("quantize unknown method", v, "--method");

@@ -83,6 +83,7 @@ fn quantized_forms_agree_across_backends() {
             form: Default::default(),
             accuracy_level: 0,
             layer_schemes: Default::default(),
+            gptq: Default::default(),
         };
         quantize_bundle(&cfg, tract.as_ref()).unwrap();
         let b = Bundle::open(&out).unwrap();
@@ -332,6 +333,7 @@ fn matmulnbits_accuracy_level_4_is_applied_and_close() {
             form: Form::Deploy,
             accuracy_level: level,
             layer_schemes: Default::default(),
+            gptq: Default::default(),
         };
         quantize_bundle(&cfg, tract.as_ref()).unwrap();
         let b = Bundle::open(&out).unwrap();

@@ -135,6 +135,7 @@ fn cfg(
         form: Default::default(),
         accuracy_level: 0,
         layer_schemes: Default::default(),
+        gptq: Default::default(),
     }
 }
 
@@ -706,14 +707,13 @@ fn quantize_refuses_bad_requests_clearly() {
     .unwrap()
     .to_string();
     assert!(e.contains("smoothquant"), "{e}");
-    let e = quantize_bundle(
-        &cfg(&src, tmp.path(), Method::Gptq, "w8", "w8"),
-        backend.as_ref(),
-    )
-    .err()
-    .unwrap()
-    .to_string();
-    assert!(e.contains("gptq"), "{e}");
+    let mut bad_damp = cfg(&src, tmp.path(), Method::Gptq, "w8", "w8");
+    bad_damp.gptq.damp = 0.0;
+    let e = quantize_bundle(&bad_damp, backend.as_ref())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--gptq-damp"), "{e}");
     // Quantizing a quantized bundle is refused.
     let q = tmp.path().join("q");
     quantize_bundle(&cfg(&src, &q, Method::Rtn, "w8", "w8"), backend.as_ref()).unwrap();
@@ -793,4 +793,106 @@ fn bench_compares_float_simulate_and_deploy_forms() {
         "no/such/bundle",
     ]);
     assert!(!ok && err.contains("no/such/bundle"), "{err}");
+}
+
+/// GPTQ end to end: every Linear layer carries GPTQ's record, its codes lie in the signed range
+/// on the recorded scales, its output error on the calibration inputs is below RTN's, the same
+/// request gives the same bytes, and the bundle plans. (GPTQ's numerics are checked against an
+/// independent float64 OBQ reference in src/quant/gptq.rs.)
+#[test]
+fn gptq_bundles_record_lower_layer_error_than_rtn_and_plan() {
+    let src = tiny_h3();
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = make_backend("tract").unwrap();
+    let src_bundle = Bundle::open(&src).unwrap();
+    let mut float_linears = std::collections::HashMap::new();
+    for g in [&src_bundle.encoder, &src_bundle.predictor] {
+        let p = pb::ModelProto::decode(&g.bytes[..]).unwrap();
+        for l in qonnx::find_linears(&p) {
+            float_linears.insert(l.node, l.weight);
+        }
+    }
+    for (scheme, act_order) in [("w4", false), ("w3-g8", false), ("w3-g8", true)] {
+        let out = tmp.path().join(format!("gptq-{scheme}-{act_order}"));
+        let mut c = cfg(&src, &out, Method::Gptq, scheme, scheme);
+        c.gptq.act_order = act_order;
+        let m = quantize_bundle(&c, backend.as_ref()).unwrap();
+        let sc = Scheme::parse(scheme, "s").unwrap();
+        let bits = sc.weight_bits.unwrap();
+        let (qmin, qmax) = ref_range(bits);
+        let b = Bundle::open(&out).unwrap();
+        for (rec, graph) in [
+            (&m.quantization.encoder, &b.encoder),
+            (&m.quantization.predictor, &b.predictor),
+        ] {
+            assert_eq!(rec.method, Some(Method::Gptq));
+            let proto = pb::ModelProto::decode(&graph.bytes[..]).unwrap();
+            let layers = rec.layers.as_ref().unwrap();
+            assert!(!layers.is_empty());
+            for l in layers {
+                let g = l
+                    .gptq
+                    .unwrap_or_else(|| panic!("{} has no GPTQ record", l.node));
+                assert_eq!(g.act_order, act_order);
+                assert!(
+                    g.output_error.is_finite() && g.output_error < g.rtn_output_error,
+                    "{scheme} {}: GPTQ {} RTN {}",
+                    l.node,
+                    g.output_error,
+                    g.rtn_output_error
+                );
+                let weight = &float_linears[&l.node];
+                let [k, n] = l.shape;
+                let w = dequant_from_onnx(&proto, weight, k, n);
+                assert!(w.iter().all(|v| v.is_finite()));
+                assert!(w.iter().any(|v| *v != 0.0));
+                let codes = &proto
+                    .graph
+                    .as_ref()
+                    .unwrap()
+                    .initializer
+                    .iter()
+                    .find(|t| t.name == format!("{weight}_quant"))
+                    .unwrap()
+                    .raw_data;
+                assert!(codes
+                    .iter()
+                    .all(|c| (qmin..=qmax).contains(&(*c as i8 as f64))));
+            }
+        }
+        // Same request, same bytes.
+        let again = tmp.path().join("again");
+        quantize_bundle(&cfg_like(&c, &again), backend.as_ref()).unwrap();
+        for f in ["encoder.onnx", "predictor.onnx"] {
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(again.join(f)).unwrap(),
+                "{scheme} {f}"
+            );
+        }
+        std::fs::remove_dir_all(&again).unwrap();
+    }
+    let (ok, stdout, stderr) = run_qwm(&[
+        "plan",
+        "--model",
+        tmp.path().join("gptq-w4-false").to_str().unwrap(),
+        "--episodes",
+        "1",
+        "--max-iter",
+        "1",
+        "--samples",
+        "8",
+        "--topk",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+}
+
+fn cfg_like(c: &QuantizeConfig, out: &std::path::Path) -> QuantizeConfig {
+    QuantizeConfig {
+        out: out.to_path_buf(),
+        ..c.clone()
+    }
 }

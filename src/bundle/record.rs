@@ -20,7 +20,8 @@ pub enum Method {
     Awq,
     /// SmoothQuant: migrate activation outliers into the weights (needs activation bits).
     Smoothquant,
-    /// GPTQ (beyond the study): not implemented yet.
+    /// GPTQ: error-feedback rounding through the inverse Hessian of the calibration inputs
+    /// (beyond the study's five methods; the field's standard one for 4-bit weights).
     Gptq,
 }
 
@@ -117,6 +118,9 @@ impl std::fmt::Display for ActRecord {
 pub struct LayerRecord {
     /// Activation quantization.
     pub activation: Option<ActRecord>,
+    /// What GPTQ did (GPTQ layers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gptq: Option<GptqRecord>,
     /// Group size (None: per channel).
     pub group: Option<usize>,
     /// Calibration range of the input (after any migration).
@@ -138,6 +142,21 @@ pub struct LayerRecord {
     pub weight_bytes_float: usize,
     /// Bytes of integer codes (at the nominal bit-width) plus f32 scales.
     pub weight_bytes_packed: usize,
+}
+
+/// What GPTQ did to one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GptqRecord {
+    /// Channels processed by decreasing Hessian diagonal (static groups when group-wise).
+    pub act_order: bool,
+    /// Dampening fraction used (raised tenfold from the requested one while `H` was singular).
+    pub damp: f64,
+    /// Input channels never seen in calibration (their weights are set to zero).
+    pub dead: usize,
+    /// The layer's output error on its calibration inputs, `||X (W - Q)||^2 / ||X W||^2`.
+    pub output_error: f64,
+    /// The same for round-to-nearest of the same scheme.
+    pub rtn_output_error: f64,
 }
 
 /// Per-module record (`{"scheme": "float"}` for a module left float).

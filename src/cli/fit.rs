@@ -30,6 +30,10 @@ pub struct FitArgs {
         value_delimiter = ','
     )]
     pub options: Vec<String>,
+    /// Weight quantizer of every option: rtn, omse or gptq (Hessians from `qwm quantize`'s
+    /// default calibration run of the float model).
+    #[arg(long, value_enum, default_value_t = crate::quant::fit::FitMethod::Rtn)]
+    pub method: crate::quant::fit::FitMethod,
     /// Probe situations (calibration task seeds 99 n + 2).
     #[arg(long, default_value_t = 8)]
     pub tasks: usize,
@@ -67,6 +71,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
     let threads = default_threads(args.threads)?;
     let backend = make_backend_with(args.backend, args.ort_lib.as_deref())?;
     let cfg = fit::FitConfig {
+        method: args.method,
         options,
         tasks: args.tasks,
         candidates: args.candidates,
@@ -93,10 +98,11 @@ pub fn fit(args: FitArgs) -> Result<()> {
     let alloc = fit::allocate(&analysis, budget)?;
     let measured = fitter.measure_allocation(backend.as_ref(), &analysis, &alloc)?;
     println!(
-        "qwm fit: {} under {} of weights ({} layers, {} probe situations x {} candidates, {:.1} s)",
+        "qwm fit: {} under {} of weights ({} layers, {:?}, {} probe situations x {} candidates, {:.1} s)",
         args.model.display(),
         crate::util::fmt::fmt_bytes(budget),
         analysis.layers.len(),
+        args.method,
         args.tasks,
         args.candidates,
         t0.elapsed().as_secs_f64()
@@ -160,20 +166,27 @@ pub fn fit(args: FitArgs) -> Result<()> {
             args.mem_limit
         );
     }
+    // Weight-only RTN and OMSE calibrate nothing (the record says so); GPTQ calibrates as the
+    // fit's probe did.
+    let calib = match args.method {
+        fit::FitMethod::Gptq => fit::GPTQ_CALIBRATION,
+        _ => (1, 1, 16),
+    };
     let qcfg = |out: &Path, enc, pred, layers| crate::quant::QuantizeConfig {
         model: args.model.clone(),
         out: out.to_path_buf(),
-        method: crate::quant::Method::Rtn,
+        method: args.method.method(),
         encoder: enc,
         predictor: pred,
-        calib_episodes: 1,
-        calib_iters: 1,
-        calib_samples: 16,
+        calib_episodes: calib.0,
+        calib_iters: calib.1,
+        calib_samples: calib.2,
         smooth_alpha: 0.5,
         threads,
         form: Default::default(),
         accuracy_level: 0,
         layer_schemes: layers,
+        gptq: Default::default(),
     };
     let float = crate::quant::scheme::Scheme::FLOAT;
     let tract = make_backend("tract")?;
@@ -188,6 +201,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         "analysis": analysis,
         "allocation": alloc,
         "measured": measured,
+        "method": args.method,
         "probe": {"tasks": args.tasks, "candidates": args.candidates, "horizon": 5, "seed": args.seed},
     });
     let fit_json = args.out.join("fit.json");

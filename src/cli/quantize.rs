@@ -20,6 +20,8 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         calib_iters,
         calib_samples,
         smooth_alpha,
+        gptq_damp,
+        gptq_act_order,
         threads,
     } = args;
     let cfg = crate::quant::QuantizeConfig {
@@ -36,6 +38,11 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         form,
         accuracy_level,
         layer_schemes: Default::default(),
+        gptq: crate::quant::gptq::GptqOptions {
+            damp: gptq_damp,
+            act_order: gptq_act_order,
+            ..Default::default()
+        },
     };
     let t0 = Instant::now();
     let backend = make_backend("tract")?;

@@ -1,5 +1,6 @@
 //! Calibration statistics of Linear inputs, collected while the float model plans.
 
+use super::gptq::Hessian;
 use std::collections::BTreeMap;
 
 /// Running statistics of one activation tensor (rows = all leading axes, channels = last axis).
@@ -26,7 +27,15 @@ pub struct TensorStats {
     /// A deterministic subsample of rows (for AWQ's search), at most `keep` of them.
     #[serde(skip)]
     pub sample: Vec<Vec<f32>>,
+    /// `sum x x^T` over every [`HESSIAN_STRIDE`]-th row (GPTQ's Hessian), when collected.
+    #[serde(skip)]
+    pub hessian: Option<Hessian>,
 }
+
+/// Rows between two rows folded into a Hessian: calibration sees hundreds of thousands of rows
+/// per Linear input, a k x k rank-one update each; one row in 8, spread over the whole run,
+/// keeps the cost a few seconds and still gives far more rows than input channels.
+pub const HESSIAN_STRIDE: u64 = 8;
 
 impl TensorStats {
     /// Per-channel mean |x|.
@@ -45,6 +54,8 @@ pub struct Calibration {
     pub tensors: BTreeMap<String, TensorStats>,
     /// Rows kept per tensor for sample-based searches.
     pub keep: usize,
+    /// Whether to collect each tensor's Hessian (for GPTQ).
+    pub hessians: bool,
 }
 
 impl Calibration {
@@ -53,7 +64,23 @@ impl Calibration {
         Calibration {
             tensors: BTreeMap::new(),
             keep,
+            hessians: false,
         }
+    }
+
+    /// New, also collecting every tensor's Hessian `sum x x^T` (GPTQ).
+    pub fn with_hessians(keep: usize) -> Self {
+        Calibration {
+            hessians: true,
+            ..Calibration::new(keep)
+        }
+    }
+
+    /// The Hessian of a tensor, symmetric (None when not collected or never observed).
+    pub fn hessian(&self, name: &str) -> Option<Hessian> {
+        let mut h = self.tensors.get(name)?.hessian.clone()?;
+        h.symmetrize();
+        Some(h)
     }
 
     /// Fold in one observed tensor with `channels` values per row.
@@ -61,7 +88,7 @@ impl Calibration {
         if channels == 0 || data.is_empty() {
             return;
         }
-        let keep = self.keep;
+        let (keep, hessians) = (self.keep, self.hessians);
         let st = self
             .tensors
             .entry(name.to_string())
@@ -74,7 +101,16 @@ impl Calibration {
                 chan_abssum: vec![0.0; channels],
                 rows: 0,
                 sample: vec![],
+                hessian: hessians.then(|| Hessian {
+                    k: channels,
+                    xtx: vec![0.0; channels * channels],
+                    rows: 0,
+                }),
             });
+        if st.chan_absmax.len() != channels {
+            // A tensor seen with another width (never in a valid graph): keep the first.
+            return;
+        }
         let rows = data.len() / channels;
         for r in 0..rows {
             let row = &data[r * channels..(r + 1) * channels];
@@ -93,6 +129,13 @@ impl Calibration {
             // Keep every 97th row until full: deterministic and spread over the run.
             if st.sample.len() < keep && (st.rows + r as u64).is_multiple_of(97) {
                 st.sample.push(row.to_vec());
+            }
+            if let Some(h) = &mut st.hessian {
+                if (st.rows + r as u64).is_multiple_of(HESSIAN_STRIDE)
+                    && row.iter().all(|v| v.is_finite())
+                {
+                    h.add_row(row);
+                }
             }
         }
         st.rows += rows as u64;
@@ -122,5 +165,23 @@ mod tests {
         assert_eq!(s.chan_absmax, vec![4.0, 2.0]);
         assert_eq!(s.chan_absmean(), vec![8.0 / 3.0, 3.5 / 3.0]);
         assert_eq!(s.sample.len(), 1);
+        assert!(s.hessian.is_none());
+    }
+
+    #[test]
+    fn hessians_fold_every_eighth_row() {
+        let mut c = Calibration::with_hessians(4);
+        let rows: Vec<f32> = (0..17 * 2).map(|i| i as f32 * 0.5 - 3.0).collect();
+        c.observe("x", &rows[..10], 2);
+        c.observe("x", &rows[10..], 2);
+        let h = c.hessian("x").unwrap();
+        // Rows 0, 8 and 16.
+        let picked: Vec<f32> = [0, 8, 16]
+            .iter()
+            .flat_map(|r| rows[r * 2..r * 2 + 2].to_vec())
+            .collect();
+        assert_eq!(h, Hessian::from_rows(&picked, 2));
+        assert_eq!(h.rows, 3);
+        assert!(c.hessian("y").is_none());
     }
 }

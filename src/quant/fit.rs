@@ -5,7 +5,8 @@
 //!    goal frame) and seeded random candidate action sequences. The float model scores every
 //!    candidate with DINO-WM's objective; that vector `J` is what the planner ranks.
 //! 2. **Sensitivity.** Every Linear layer of encoder and predictor is quantized alone at every
-//!    option (RTN weight-only: w8, w6, w4-g32, w4, w3-g32, w3 by default), and the objective's
+//!    option (weight-only, by `--method`: RTN, OMSE or GPTQ; w8, w6, w4-g32, w4, w3-g32, w3 by
+//!    default), and the objective's
 //!    distortion `D = sum (J_q - J)^2 / sum J^2` is measured through the whole model (an encoder
 //!    layer changes the start and goal latents; a predictor layer the predictions).
 //! 3. **Allocation.** Assuming distortions add, a multiple-choice knapsack (dynamic programming over
@@ -15,6 +16,8 @@
 //!    the additivity assumption and the gain over the best uniform scheme of at most the same size
 //!    are reported; `qwm fit` then plans episodes with both (see the command).
 
+use super::calib::Calibration;
+use super::gptq::{quantize_gptq, GptqOptions};
 use super::qdq;
 use super::scheme::Scheme;
 use super::weights::{quantize_matrix, Observer};
@@ -32,9 +35,39 @@ use tract_onnx::pb::ModelProto;
 /// Default options, most to least precise.
 pub const DEFAULT_OPTIONS: &[&str] = &["w8", "w6", "w4-g32", "w4", "w3-g32", "w3"];
 
+/// How `qwm fit` quantizes a layer's weights (the weight-only methods: AWQ and SmoothQuant
+/// rescale activations too, which a per-layer weight allocation does not model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FitMethod {
+    /// Round to nearest, min-max scales.
+    Rtn,
+    /// MSE-optimal clipping per block.
+    Omse,
+    /// GPTQ with its default settings, Hessians from one calibration run of the float model
+    /// (`qwm quantize`'s default calibration: 4 episodes, 2 MPC steps, 100 samples).
+    Gptq,
+}
+
+impl FitMethod {
+    /// The same method for `qwm quantize`.
+    pub fn method(self) -> crate::bundle::Method {
+        match self {
+            FitMethod::Rtn => crate::bundle::Method::Rtn,
+            FitMethod::Omse => crate::bundle::Method::Omse,
+            FitMethod::Gptq => crate::bundle::Method::Gptq,
+        }
+    }
+}
+
+/// Calibration of `qwm fit --method gptq` (`qwm quantize`'s defaults).
+pub const GPTQ_CALIBRATION: (usize, usize, usize) = (4, 2, 100);
+
 /// What `qwm fit` needs.
 #[derive(Clone, Debug)]
 pub struct FitConfig {
+    /// Weight quantizer of every option.
+    pub method: FitMethod,
     /// Weight-only schemes a layer may take (float is always allowed).
     pub options: Vec<Scheme>,
     /// Probe situations (task seeds 99 n + 2).
@@ -184,16 +217,44 @@ fn distortion(q: &[Vec<f32>], f: &[Vec<f32>]) -> (f64, f64) {
     (d, rank / q.len().max(1) as f64)
 }
 
-/// Quantize one layer of a graph in place (RTN, weight only); returns its bytes at bit width.
-fn quantize_layer(proto: &mut ModelProto, layer: &LinearLayer, s: Scheme) -> Result<u64> {
-    let Some(bits) = s.weight_bits else {
-        return Ok(4 * (layer.k * layer.n) as u64);
-    };
-    let w = onnx::initializer(proto, &layer.weight)?;
-    let q = quantize_matrix(&w, layer.k, layer.n, bits, s.group, Observer::Rtn)
-        .map_err(|e| QwmError::Usage(format!("{}: {e}", layer.node)))?;
-    qdq::rewrite_weight(proto, layer, &q)?;
-    Ok(((layer.k * layer.n * bits as usize).div_ceil(8) + 4 * q.scales.len()) as u64)
+/// The weight quantizer of a fit: the method, and GPTQ's Hessians by `module:input`.
+struct Quantizer {
+    method: FitMethod,
+    calib: Option<Calibration>,
+}
+
+impl Quantizer {
+    /// Quantize one layer of a graph in place (weight only); returns its bytes at bit width.
+    fn layer(
+        &self,
+        proto: &mut ModelProto,
+        module: usize,
+        layer: &LinearLayer,
+        s: Scheme,
+    ) -> Result<u64> {
+        let Some(bits) = s.weight_bits else {
+            return Ok(4 * (layer.k * layer.n) as u64);
+        };
+        let w = onnx::initializer(proto, &layer.weight)?;
+        let named = |e: QwmError| QwmError::Usage(format!("{}: {e}", layer.node));
+        let (k, n) = (layer.k, layer.n);
+        let q = match self.method {
+            FitMethod::Rtn => quantize_matrix(&w, k, n, bits, s.group, Observer::Rtn),
+            FitMethod::Omse => quantize_matrix(&w, k, n, bits, s.group, Observer::Omse),
+            FitMethod::Gptq => {
+                let key = format!("{}:{}", ["encoder", "predictor"][module], layer.input);
+                let h = self
+                    .calib
+                    .as_ref()
+                    .and_then(|c| c.hessian(&key))
+                    .ok_or_else(|| QwmError::Usage(format!("no calibration Hessian for {key}")))?;
+                quantize_gptq(&w, k, n, &h, bits, s.group, &GptqOptions::default()).map(|r| r.0)
+            }
+        }
+        .map_err(named)?;
+        qdq::rewrite_weight(proto, layer, &q)?;
+        Ok(((layer.k * layer.n * bits as usize).div_ceil(8) + 4 * q.scales.len()) as u64)
+    }
 }
 
 fn layer_bytes(layer: &LinearLayer, s: Scheme) -> u64 {
@@ -216,6 +277,7 @@ pub struct Fitter {
     reference: Vec<Vec<f32>>,
     options: Vec<Scheme>,
     opts: LoadOptions,
+    quantizer: Quantizer,
 }
 
 impl Fitter {
@@ -250,6 +312,26 @@ impl Fitter {
             onnx::find_linears(&protos[0]),
             onnx::find_linears(&protos[1]),
         ];
+        let calib = if cfg.method == FitMethod::Gptq {
+            let taps = linears.clone().map(|ls| {
+                let mut v: Vec<String> = ls.into_iter().map(|l| l.input).collect();
+                v.dedup();
+                v
+            });
+            let (episodes, iters, samples) = GPTQ_CALIBRATION;
+            Some(super::calibrate_with(
+                &bundle,
+                backend,
+                episodes,
+                iters,
+                samples,
+                cfg.threads,
+                true,
+                taps,
+            )?)
+        } else {
+            None
+        };
         Ok(Fitter {
             bundle,
             protos,
@@ -259,6 +341,10 @@ impl Fitter {
             reference,
             options: cfg.options.clone(),
             opts,
+            quantizer: Quantizer {
+                method: cfg.method,
+                calib,
+            },
         })
     }
 
@@ -279,7 +365,7 @@ impl Fitter {
         for m in 0..2 {
             let mut p = self.protos[m].clone();
             for (i, l) in self.linears[m].clone().iter().enumerate() {
-                quantize_layer(&mut p, l, scheme_of(m, i))?;
+                self.quantizer.layer(&mut p, m, l, scheme_of(m, i))?;
             }
             let g = self.graph(m).clone();
             self.wm
@@ -311,7 +397,7 @@ impl Fitter {
                 let mut dist = vec![0.0];
                 for &s in &self.options.clone() {
                     let mut p = self.protos[m].clone();
-                    bytes.push(quantize_layer(&mut p, &l, s)?);
+                    bytes.push(self.quantizer.layer(&mut p, m, &l, s)?);
                     let g = self.graph(m).clone();
                     self.wm
                         .replace_graph(m, &g, &onnx::encode(&p), backend, &self.opts)?;

@@ -8,6 +8,7 @@
 pub mod calib;
 pub mod deploy;
 pub mod fit;
+pub mod gptq;
 pub mod qdq;
 pub mod scheme;
 pub mod settings;
@@ -63,6 +64,8 @@ pub struct QuantizeConfig {
     /// Per-layer schemes overriding the module's, keyed `module:node` (e.g.
     /// `predictor:/blocks.0/fc1/MatMul`); `float` leaves a layer unquantized. Used by `qwm fit`.
     pub layer_schemes: std::collections::BTreeMap<String, Scheme>,
+    /// GPTQ's settings (used by `--method gptq`).
+    pub gptq: gptq::GptqOptions,
 }
 
 impl QuantizeConfig {
@@ -95,34 +98,64 @@ fn calibrate(
     cfg: &QuantizeConfig,
     taps: [Vec<String>; 2],
 ) -> Result<Calibration> {
+    calibrate_with(
+        bundle,
+        backend,
+        cfg.calib_episodes,
+        cfg.calib_iters,
+        cfg.calib_samples,
+        cfg.threads,
+        cfg.method == Method::Gptq,
+        taps,
+    )
+}
+
+/// Calibration of `taps` (Linear inputs of encoder and predictor): `episodes` calibration
+/// episodes (task seeds 99 n + 2) of `iters` MPC steps, CEM with `samples` samples; with
+/// `hessians`, also each input's `sum x x^T` (GPTQ).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn calibrate_with(
+    bundle: &Bundle,
+    backend: &dyn Backend,
+    episodes: usize,
+    iters: usize,
+    samples: usize,
+    threads: usize,
+    hessians: bool,
+    taps: [Vec<String>; 2],
+) -> Result<Calibration> {
     crate::runtime::budget::check_request(
         &bundle.manifest,
-        cfg.calib_samples,
+        samples,
         5,
-        Some(cfg.calib_samples),
-        &format!("--calib-samples {}", cfg.calib_samples),
+        Some(samples),
+        &format!("--calib-samples {samples}"),
     )?;
     let wm = WorldModel::load_tapped(
         bundle,
         backend,
-        &LoadOptions::with_threads(cfg.threads),
+        &LoadOptions::with_threads(threads),
         taps,
-        Box::new(Calibration::new(512)),
+        Box::new(if hessians {
+            Calibration::with_hessians(512)
+        } else {
+            Calibration::new(512)
+        }),
     )?;
     let mut env = crate::env::make_env(&bundle.manifest.env)?;
-    let cem = Cem::new(cfg.calib_samples, (cfg.calib_samples / 10).max(1), 10, 1.0)?;
+    let cem = Cem::new(samples, (samples / 10).max(1), 10, 1.0)?;
     let shape = PlanShape {
         horizon: 5,
         n_taken: 5,
-        chunk: cfg.calib_samples,
+        chunk: samples,
     };
     // Planner seed 7; calibration episode n is the controller's episode n.
     let mut ctl = Controller::new(wm, Box::new(cem), shape, 7)?;
-    for n in 0..cfg.calib_episodes {
+    for n in 0..episodes {
         run_episode(
             &mut ctl,
             env.as_mut(),
-            cfg.calib_iters,
+            iters,
             n,
             TaskSeeds::calibration(n),
             None,
@@ -284,13 +317,7 @@ fn quantize_module(
                 let (_, s, alpha) = best.expect("grid is not empty");
                 migration = Some((s, alpha));
             }
-            Method::Gptq => {
-                return Err(QwmError::Usage(
-                    "--method gptq is not implemented yet (use rtn, omse, awq or smoothquant)"
-                        .into(),
-                ))
-            }
-            Method::Rtn | Method::Omse => {}
+            Method::Rtn | Method::Omse | Method::Gptq => {}
         }
         let mut folded = None;
         let mut act_layer = layer.clone();
@@ -306,8 +333,23 @@ fn quantize_module(
         } else {
             Observer::Rtn
         };
-        let q = quantize_matrix(&w, k, n, wbits, scheme.group, observer)
-            .map_err(|e| QwmError::Usage(format!("{}: {}", layer.node, rel(e))))?;
+        let named = |e: QwmError| QwmError::Usage(format!("{module} {}: {}", layer.node, rel(e)));
+        let mut gptq_record = None;
+        let q = if cfg.method == Method::Gptq {
+            let key = format!("{module}:{}", layer.input);
+            let h = calib.and_then(|c| c.hessian(&key)).ok_or_else(|| {
+                QwmError::Usage(format!(
+                    "no calibration Hessian for {module} {}",
+                    layer.input
+                ))
+            })?;
+            let (q, rep) =
+                gptq::quantize_gptq(&w, k, n, &h, wbits, scheme.group, &cfg.gptq).map_err(named)?;
+            gptq_record = Some(rep);
+            q
+        } else {
+            quantize_matrix(&w, k, n, wbits, scheme.group, observer).map_err(named)?
+        };
         let scale_range = q
             .scales
             .iter()
@@ -377,6 +419,7 @@ fn quantize_module(
             weight_bytes_packed: packed,
             weight_bytes_float: 4 * k * n,
             activation: activation.map(Into::into),
+            gptq: gptq_record,
             input_range,
             migration: folded.map(|(place, alpha): (String, f32)| (place, f64::from(alpha))),
             lowering,
@@ -410,10 +453,13 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
     {
         return Err(QwmError::Usage("--method smoothquant needs static activation bits (e.g. w8a8) on every quantized module".into()));
     }
-    if cfg.method == Method::Gptq {
-        return Err(QwmError::Usage(
-            "--method gptq is not implemented yet (use rtn, omse, awq or smoothquant)".into(),
-        ));
+    if cfg.method == Method::Gptq
+        && !(cfg.gptq.damp.is_finite() && cfg.gptq.damp > 0.0 && cfg.gptq.damp <= 1.0)
+    {
+        return Err(QwmError::Usage(format!(
+            "--gptq-damp {} must be in (0, 1] (a fraction of the Hessian's mean diagonal)",
+            cfg.gptq.damp
+        )));
     }
     if cfg.calib_episodes == 0 || cfg.calib_iters == 0 || cfg.calib_samples < 2 {
         return Err(QwmError::Usage(
@@ -446,6 +492,7 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
     let schemes = [cfg.encoder, cfg.predictor];
     let needs_calib = cfg.method == Method::Awq
         || cfg.method == Method::Smoothquant
+        || cfg.method == Method::Gptq
         || schemes
             .iter()
             .chain(cfg.layer_schemes.values())

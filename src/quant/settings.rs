@@ -54,6 +54,14 @@ pub struct QuantizeArgs {
     /// SmoothQuant migration strength.
     #[arg(long, default_value_t = 0.5, allow_hyphen_values = true)]
     pub smooth_alpha: f32,
+    /// GPTQ's dampening: the fraction of the Hessian's mean diagonal added to its diagonal
+    /// (raised tenfold, at most four times, while the Hessian is not positive definite).
+    #[arg(long, default_value_t = 0.01, allow_hyphen_values = true)]
+    pub gptq_damp: f64,
+    /// GPTQ: quantize input channels by decreasing Hessian diagonal (group-wise schemes then
+    /// take every group's scale from the weights before any error feedback).
+    #[arg(long)]
+    pub gptq_act_order: bool,
     /// Worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -95,8 +103,13 @@ impl QuantizeArgs {
         flag("calib-iters", self.calib_iters.to_string().into());
         flag("calib-samples", self.calib_samples.to_string().into());
         flag("smooth-alpha", self.smooth_alpha.to_string().into());
+        flag("gptq-damp", self.gptq_damp.to_string().into());
+
         if let Some(t) = self.threads {
             flag("threads", t.to_string().into());
+        }
+        if self.gptq_act_order {
+            v.push("--gptq-act-order".into());
         }
         v
     }
@@ -136,6 +149,8 @@ mod tests {
             calib_iters: 3,
             calib_samples: 30,
             smooth_alpha: 0.25,
+            gptq_damp: 0.1,
+            gptq_act_order: true,
             threads: Some(2),
             ..d
         };

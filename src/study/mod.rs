@@ -274,9 +274,6 @@ impl StudyConfig {
             for s in &g.schemes {
                 Scheme::parse(s, &format!("{table} schemes"))?;
             }
-            if g.methods.contains(&Method::Gptq) {
-                return bad(format!("{table}: method gptq is not implemented yet"));
-            }
             if g.opt_steps.contains(&0) || g.max_iter.contains(&0) || g.episodes == Some(0) {
                 return bad(format!(
                     "{table}: opt_steps, max_iter and episodes must be at least 1"

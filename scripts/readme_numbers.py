@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Render README.md's generated blocks from results files, or check that they are current.
+
+    python3 scripts/readme_numbers.py          # rewrite the blocks in README.md
+    python3 scripts/readme_numbers.py --check  # exit 1 when a block differs from its results file
+
+A block is the text between `<!-- qwm:NAME -->` and `<!-- /qwm:NAME -->`; NAME selects the
+renderer below and the results file it reads. CI runs --check, so a number in such a block is never
+typed by hand and never drifts from its results file.
+"""
+
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def load(rel):
+    with open(os.path.join(ROOT, rel)) as f:
+        return json.load(f)
+
+
+def fit_methods():
+    """Objective distortion per weight quantizer (scripts/fit-methods.py)."""
+    r = load("results/fit_methods.json")
+    schemes = []
+    for row in r["rows"]:
+        if row["scheme"] not in schemes:
+            schemes.append(row["scheme"])
+    methods = []
+    for row in r["rows"]:
+        if row["method"] not in methods:
+            methods.append(row["method"])
+    cell = {(x["method"], x["scheme"]): x for x in r["rows"]}
+    p = r["probe"]
+    out = [
+        f"Objective distortion on `qwm fit`'s probe ({r['model']}, {p['tasks']} situations x "
+        f"{p['candidates']} candidates, horizon {p['horizon']}; lower is better; in brackets the "
+        "mean rank correlation of the candidates' objectives with float's), from "
+        "`results/fit_methods.json` (`scripts/fit-methods.py`):",
+        "",
+        "| method | " + " | ".join(schemes) + " |",
+        "|---|" + "---|" * len(schemes),
+    ]
+    for m in methods:
+        vals = []
+        for s in schemes:
+            x = cell.get((m, s))
+            vals.append("-" if x is None else f"{x['distortion']:.2e} ({x['rank_correlation']:.3f})")
+        out.append(f"| {m} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+RENDER = {"fit_methods": fit_methods}
+
+
+def main():
+    check = "--check" in sys.argv[1:]
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        text = f.read()
+    pat = re.compile(r"(<!-- qwm:(\w+) -->\n)(.*?)(<!-- /qwm:\2 -->)", re.S)
+    stale = []
+
+    def sub(m):
+        name = m.group(2)
+        if name not in RENDER:
+            sys.exit(f"README.md: unknown generated block '{name}'")
+        body = RENDER[name]() + "\n"
+        if body != m.group(3):
+            stale.append(name)
+        return m.group(1) + body + m.group(4)
+
+    new = pat.sub(sub, text)
+    if check:
+        if stale:
+            sys.exit("README.md: generated blocks differ from their results files: "
+                     + ", ".join(stale) + " (run python3 scripts/readme_numbers.py)")
+        print("README.md: generated blocks are current")
+        return
+    with open(path, "w") as f:
+        f.write(new)
+    print("README.md: rendered " + (", ".join(stale) if stale else "nothing new"))
+
+
+if __name__ == "__main__":
+    main()
