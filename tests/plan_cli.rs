@@ -439,3 +439,85 @@ fn symbolic_batch_plan_matches_per_size_plans() {
     }
     assert_eq!(outs[0], outs[1]);
 }
+
+/// `QWM_ISA` masks instruction sets: a w8a8 deploy bundle (qwm's int8 kernel on tract) plans the
+/// same episodes, to the bit, on every variant this CPU runs; an unknown or unrunnable value is
+/// refused naming the variable.
+#[test]
+fn every_instruction_set_plans_the_same_episodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("d8");
+    let (ok, _, stderr) = qwm(&[
+        "quantize",
+        "--model",
+        tiny_h3().to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+        "--encoder",
+        "w8a8",
+        "--predictor",
+        "w8a8",
+        "--form",
+        "deploy",
+        "--calib-episodes",
+        "1",
+        "--calib-iters",
+        "1",
+        "--calib-samples",
+        "16",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    let run = |isa: &str, json: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_qwm"))
+            .env("QWM_ISA", isa)
+            .args([
+                "plan",
+                "--model",
+                bundle.to_str().unwrap(),
+                "--episodes",
+                "2",
+                "--samples",
+                "40",
+                "--topk",
+                "5",
+                "--opt-steps",
+                "2",
+                "--max-iter",
+                "2",
+                "--threads",
+                "1",
+                "--json",
+                json.to_str().unwrap(),
+            ])
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let mut outcomes = vec![];
+    for isa in ["portable", "avx2", "avx512", "native"] {
+        let json = dir.path().join(format!("{isa}.json"));
+        let out = run(isa, &json);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            // Only a variant this CPU lacks may be refused, and it must say so.
+            assert!(
+                stderr.contains("QWM_ISA=") && stderr.contains("cannot run"),
+                "{isa}: {stderr}"
+            );
+            continue;
+        }
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        outcomes.push((isa, outcome(&j)));
+    }
+    assert!(outcomes.len() >= 2, "portable and native must both run");
+    for (isa, o) in &outcomes[1..] {
+        assert_eq!(o, &outcomes[0].1, "{isa} differs from portable");
+    }
+    let out = run("sse9", &dir.path().join("bad.json"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("QWM_ISA=sse9"));
+    assert!(!dir.path().join("bad.json").exists());
+}

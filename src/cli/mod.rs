@@ -79,6 +79,10 @@ pub fn main() -> i32 {
     crate::util::mem::mark_installed();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if let Err(e) = crate::kernels::isa::check_env() {
+        eprintln!("error: {e}");
+        return 1;
+    }
     let result = match cli.cmd {
         Cmd::Plan(args) => plan::plan(args).map(|_| ()),
         Cmd::Serve(args) => serve::serve(args),

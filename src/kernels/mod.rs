@@ -4,3 +4,4 @@
 
 pub mod attention;
 pub mod int8_gemm;
+pub mod isa;

@@ -105,11 +105,7 @@ impl Op for Int8Linear {
             self.weights.n(),
             self.act,
             self.weights.resident_bytes(),
-            if int8_gemm::has_vnni() {
-                "AVX-512 VNNI"
-            } else {
-                "portable"
-            }
+            crate::kernels::isa::Isa::selected().name()
         )])
     }
 
@@ -123,7 +119,14 @@ impl EvalOp for Int8Linear {
         let (k, n) = (self.weights.k(), self.weights.n());
         // Uninitialized output: the product writes every element.
         eval_linear("QwmInt8Linear", inputs, k, n, false, |a, m, out| {
-            int8_gemm::matmul(a, m, &self.weights, self.act, out, int8_gemm::has_vnni());
+            int8_gemm::matmul(
+                a,
+                m,
+                &self.weights,
+                self.act,
+                out,
+                crate::kernels::isa::Isa::selected(),
+            );
             Ok(())
         })
     }

@@ -117,10 +117,12 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (AVX-512 unless `QWM_ISA` masks it).
     pub fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && crate::kernels::isa::Isa::avx512_allowed()
+        {
             return Kernel::Avx512;
         }
         Kernel::Portable
@@ -129,8 +131,9 @@ impl Kernel {
     /// Every kernel this CPU runs (for tests and comparisons).
     pub fn available() -> Vec<Kernel> {
         let mut all = vec![Kernel::Portable];
-        if Kernel::best() != Kernel::Portable {
-            all.push(Kernel::best());
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            all.push(Kernel::Avx512);
         }
         all
     }

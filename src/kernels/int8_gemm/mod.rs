@@ -6,8 +6,9 @@
 //! path is float. This kernel fuses those passes: activations are quantized once per call into a
 //! row-major `u8` buffer, weights are laid out once at load in the order the inner loop reads
 //! them, and the rescale happens on registers. On x86-64 with AVX-512 VNNI one `vpdpbusd` does 64
-//! multiply-adds (four f32 FMAs' worth of work in one instruction); elsewhere a portable loop
-//! computes the same integers.
+//! multiply-adds (four f32 FMAs' worth of work in one instruction); with AVX2 one `vpmaddwd` does
+//! 16 on operands widened to `i16` (exact, where `vpmaddubsw` would saturate); elsewhere a
+//! portable loop computes the same integers. [`super::isa::Isa`] picks the variant.
 //!
 //! Semantics, for output row `r` and column `c`:
 //! `Y[r, c] = sum_b a_scale[r, b] * w_scale[b, c] * (sum_{k in b} A[r, k] * W[k, c] - zp * colsum[b, c])`
@@ -189,7 +190,7 @@ impl PackedWeights {
     fn unpacked<'a>(
         &'a self,
         zp: i32,
-        vnni: bool,
+        isa: Isa,
         scratch: &'a mut Vec<i8>,
         corr: &mut Vec<i32>,
     ) -> &'a [i8] {
@@ -201,7 +202,7 @@ impl PackedWeights {
             }
             Storage::Nibbles(d) => {
                 scratch.resize(d.len() * 2, 0);
-                simd_dispatch!(vnni, unpack_nibbles(d, scratch));
+                simd_dispatch!(isa, unpack_nibbles(d, scratch));
                 corr.resize(self.panels() * self.n_blocks * PANEL, 0);
                 let per_block = self.block * PANEL;
                 for (b, c) in corr.chunks_exact_mut(PANEL).enumerate() {
@@ -236,18 +237,9 @@ pub enum ActQuant {
     PerBlock,
 }
 
-/// Whether this CPU runs the AVX-512 VNNI kernel.
+/// Whether this CPU has AVX-512 VNNI (a fact about the CPU, whatever `QWM_ISA` selects).
 pub fn has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::Avx512Vnni.supported()
 }
 
 /// Reusable buffers of one thread.
@@ -263,14 +255,15 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// `out[m x N] = quant(a[m x K]) @ W`, with the semantics of the module docs. `vnni` picks the
-/// AVX-512 VNNI kernel (only where [`has_vnni`] is true); both kernels compute the same numbers.
-pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [f32], vnni: bool) {
+/// `out[m x N] = quant(a[m x K]) @ W`, with the semantics of the module docs, on the kernels of
+/// `isa` (one this CPU supports: [`Isa::selected`] in production); every variant computes the
+/// same numbers.
+pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [f32], isa: Isa) {
     assert_eq!(a.len(), m * w.k, "activations must be m x K");
     assert_eq!(out.len(), m * w.n, "output must be m x N");
     assert!(
-        !vnni || has_vnni(),
-        "VNNI kernel requested on a CPU without it"
+        isa.supported(),
+        "{isa:?} kernel requested on a CPU without it"
     );
     let mut s = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let (kp, nb) = (w.k_pad(), w.n_blocks);
@@ -281,7 +274,7 @@ pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [
     let mut tile = [0f32; MR * PANEL];
     let mut wbuf = std::mem::take(&mut s.w);
     let mut corr = std::mem::take(&mut s.corr);
-    let w_all = w.unpacked(zp, vnni, &mut wbuf, &mut corr);
+    let w_all = w.unpacked(zp, isa, &mut wbuf, &mut corr);
     let (len, per) = (w.panel_len(), nb * PANEL);
     let mc = (A_BYTES / kp).max(MR) / MR * MR;
     for m0 in (0..m).step_by(mc) {
@@ -292,7 +285,7 @@ pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [
             w,
             act,
             rows_pad,
-            vnni,
+            isa,
             &mut s,
         );
         for p in 0..w.panels() {
@@ -311,7 +304,7 @@ pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [
                     corr: cp,
                     scales,
                 };
-                t.run(vnni, &mut tile);
+                t.run(isa, &mut tile);
                 for r in 0..MR.min(rows - r0.min(rows)) {
                     let o = (m0 + r0 + r) * w.n + p * PANEL;
                     out[o..o + cols].copy_from_slice(&tile[r * PANEL..r * PANEL + cols]);
@@ -331,7 +324,7 @@ fn quantize_rows(
     w: &PackedWeights,
     act: ActQuant,
     rows_pad: usize,
-    vnni: bool,
+    isa: Isa,
     s: &mut Scratch,
 ) {
     let (k, kp, nb, bl) = (w.k, w.k_pad(), w.n_blocks, w.block);
@@ -349,13 +342,13 @@ fn quantize_rows(
         let q = &mut s.a[r * kp..r * kp + k];
         match act {
             ActQuant::Static { scale, zero } => {
-                simd_dispatch!(vnni, quantize_static(x, q, scale, zero));
+                simd_dispatch!(isa, quantize_static(x, q, scale, zero));
                 s.a_scale[r * nb..(r + 1) * nb].fill(1.0);
             }
             ActQuant::PerBlock => {
                 for b in 0..nb {
                     let (lo, hi) = (b * bl, ((b + 1) * bl).min(k));
-                    let sc = simd_dispatch!(vnni, quantize_symmetric(&x[lo..hi], &mut q[lo..hi]));
+                    let sc = simd_dispatch!(isa, quantize_symmetric(&x[lo..hi], &mut q[lo..hi]));
                     s.a_scale[r * nb + b] = sc;
                 }
             }
@@ -363,30 +356,28 @@ fn quantize_rows(
     }
 }
 
-/// Call `$f(args)` compiled for AVX-512 when `$fast` (the CPU has it), else the plain build:
-/// the element-wise loops below vectorize 16 lanes wide under AVX-512 and compute the same
-/// numbers either way.
+/// Call `$f(args)` compiled for the instruction set `$isa` (one the CPU supports: `matmul`
+/// asserts it), else the plain build: the element-wise loops below vectorize 8 or 16 lanes wide
+/// and compute the same numbers either way.
 macro_rules! simd_dispatch {
-    ($fast:expr, $f:ident($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if $fast {
-                // SAFETY: `$fast` is only true where `has_vnni` found AVX-512 F/BW.
-                unsafe { x86_avx512::$f($($arg),*) }
-            } else {
-                $f($($arg),*)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = $fast;
-            $f($($arg),*)
+    ($isa:expr, $f:ident($($arg:expr),*)) => {{
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `matmul` asserted that the CPU supports the selected instruction set.
+            Isa::Avx512Vnni => unsafe { x86_avx512::$f($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { x86_avx2::$f($($arg),*) },
+            _ => $f($($arg),*),
         }
     }};
 }
 use simd_dispatch;
 
+use super::isa::Isa;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
 use portable::{quantize_static, quantize_symmetric, unpack_nibbles};
@@ -410,17 +401,19 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    /// Write the tile (`[MR][32]` f32) into `out`, with the VNNI kernel when `vnni` (only where
-    /// [`has_vnni`] is true), else the portable one: both give the same numbers.
-    fn run(&self, vnni: bool, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if vnni {
-            // SAFETY: `vnni` is only true where the CPU has AVX-512 F/BW/VNNI (`matmul` asserts
-            // it), and the slices hold MR rows of kp bytes and nb blocks of the panel.
-            return unsafe { self.kernel_vnni(out) };
+    /// Write the tile (`[MR][32]` f32) into `out` with the kernel of `isa` (one the CPU
+    /// supports: `matmul` asserts it): every kernel gives the same numbers.
+    fn run(&self, isa: Isa, out: &mut [f32]) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512 F/BW/VNNI (`matmul` asserts it), and the slices hold MR
+            // rows of kp bytes and nb blocks of the panel.
+            Isa::Avx512Vnni => unsafe { self.kernel_vnni(out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 and FMA (`matmul` asserts it); slices as above.
+            Isa::Avx2 => unsafe { self.kernel_avx2(out) },
+            _ => self.kernel_portable(out),
         }
-        let _ = vnni;
-        self.kernel_portable(out)
     }
 }
 

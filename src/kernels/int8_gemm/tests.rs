@@ -13,12 +13,9 @@ fn lcg(seed: &mut u64) -> f32 {
 /// Both kernels on every path the rows, columns and blocks can take, as one output.
 fn run(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant) -> Vec<Vec<f32>> {
     let mut outs = vec![];
-    for vnni in [false, true] {
-        if vnni && !has_vnni() {
-            continue;
-        }
+    for isa in crate::kernels::isa::Isa::available() {
         let mut out = vec![f32::NAN; m * w.n()];
-        matmul(a, m, w, act, &mut out, vnni);
+        matmul(a, m, w, act, &mut out, isa);
         outs.push(out);
     }
     outs
@@ -77,8 +74,15 @@ fn static_int8_matches_a_float64_reference() {
         for out in &outs {
             check(out, &want, &format!("static m {m} k {k} n {n}"));
         }
-        if let [p, v] = &outs[..] {
-            assert_eq!(p, v, "the two kernels must give the same numbers");
+        for (o, isa) in outs
+            .iter()
+            .zip(crate::kernels::isa::Isa::available())
+            .skip(1)
+        {
+            assert_eq!(
+                o, &outs[0],
+                "{isa:?} must give the portable kernel's numbers"
+            );
         }
     }
 }
@@ -149,8 +153,15 @@ fn per_block_int4_matches_a_float64_reference() {
                 .fold(0f64, |m, (g, f)| m.max((*g as f64 - f).abs()));
             assert!(worst <= 0.02 * fs, "per-block vs float: {worst} of {fs}");
         }
-        if let [p, v] = &outs[..] {
-            assert_eq!(p, v, "the two kernels must give the same numbers");
+        for (o, isa) in outs
+            .iter()
+            .zip(crate::kernels::isa::Isa::available())
+            .skip(1)
+        {
+            assert_eq!(
+                o, &outs[0],
+                "{isa:?} must give the portable kernel's numbers"
+            );
         }
     }
 }
@@ -179,12 +190,13 @@ fn column_slices_are_the_same_columns() {
             ActQuant::PerBlock,
         ),
     ] {
+        let isa = crate::kernels::isa::Isa::Portable;
         let mut whole = vec![0f32; m * n];
-        matmul(&a, m, &w, act, &mut whole, false);
+        matmul(&a, m, &w, act, &mut whole, isa);
         for cols in [0..32usize, 32..90, 64..70] {
             let part = w.columns(cols.clone()).unwrap();
             let mut out = vec![0f32; m * cols.len()];
-            matmul(&a, m, &part, act, &mut out, false);
+            matmul(&a, m, &part, act, &mut out, isa);
             for r in 0..m {
                 assert_eq!(
                     out[r * cols.len()..(r + 1) * cols.len()],
@@ -236,27 +248,29 @@ fn int8_gemm_speed() {
             }
             (m * n * k) as f64 * 5.0 / t.elapsed().as_secs_f64() / 1e9
         };
-        let vnni = has_vnni();
-        let st = time(&mut || {
-            matmul(
-                &a,
-                m,
-                &i8w,
-                ActQuant::Static {
-                    scale: 0.02,
-                    zero: 128,
-                },
-                &mut out,
-                vnni,
-            )
-        });
-        let pb = time(&mut || matmul(&a, m, &nb, ActQuant::PerBlock, &mut out, vnni));
         let af = ndarray::Array2::from_shape_vec((m, k), a.clone()).unwrap();
         let wf = ndarray::Array2::from_shape_fn((k, n), |(i, j)| w[i * n + j] as f32);
         let mut cf = ndarray::Array2::<f32>::zeros((m, n));
         let fl = time(&mut || ndarray::linalg::general_mat_mul(1.0, &af, &wf, 0.0, &mut cf));
-        println!(
-            "m {m} k {k} n {n}: static int8 {st:.1} GMAC/s, per-block int4 {pb:.1}, f32 {fl:.1}"
-        );
+        for isa in crate::kernels::isa::Isa::available() {
+            let st = time(&mut || {
+                matmul(
+                    &a,
+                    m,
+                    &i8w,
+                    ActQuant::Static {
+                        scale: 0.02,
+                        zero: 128,
+                    },
+                    &mut out,
+                    isa,
+                )
+            });
+            let pb = time(&mut || matmul(&a, m, &nb, ActQuant::PerBlock, &mut out, isa));
+            println!(
+                "m {m} k {k} n {n} {}: static int8 {st:.1} GMAC/s, per-block int4 {pb:.1}, f32 (ndarray) {fl:.1}",
+                isa.name()
+            );
+        }
     }
 }
