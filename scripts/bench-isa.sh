@@ -23,5 +23,5 @@ NATIVE=$(QWM_ISA=native "$QWM" inspect "$WORK/float" >/dev/null 2>&1; \
 for isa in portable ${NATIVE:-}; do
     echo "== QWM_ISA=$isa"
     QWM_ISA=$isa "$QWM" bench --model "$WORK/float" --model "$WORK/w8a8" --model "$WORK/w4g128" \
-        --batch 16 --encoder-batch 1 --threads 1 --json "$OUT/bench_isa_$isa.json"
+        --batch 16 --encoder-batch 1 --threads 1 --iters 3 --warmup 1 --json "$OUT/bench_isa_$isa.json"
 done

@@ -53,7 +53,51 @@ def fit_methods():
     return "\n".join(out)
 
 
-RENDER = {"fit_methods": fit_methods}
+def arm_insn():
+    """Executed aarch64 instructions per call under qemu (scripts/arm-insn.py)."""
+    r = load("results/arm_insn.json")
+    rows = r["rows"]
+    cpus = []
+    for x in rows:
+        if x["cpu"] not in cpus:
+            cpus.append(x["cpu"])
+    keys = []
+    for x in rows:
+        k = (x["bundle"], x["variant"])
+        if k not in keys:
+            keys.append(k)
+    cell = {(x["cpu"], x["bundle"], x["variant"], x["graph"]): x for x in rows}
+    head = []
+    for c in cpus:
+        head += [f"{c} predictor", f"{c} encoder"]
+    out = [
+        "Executed instructions per call (millions; x = ratio to float on the same CPU; in brackets "
+        "the `sdot` among them), from `results/arm_insn.json` (`scripts/arm-insn.py`: "
+        + r["method"] + "):",
+        "",
+        "| bundle | kernels | " + " | ".join(head) + " |",
+        "|---|---|" + "---|" * len(head),
+    ]
+    for b, v in keys:
+        vals = []
+        for c in cpus:
+            for g in ["predictor", "encoder"]:
+                x = cell.get((c, b, v, g))
+                f = cell.get((c, "float", "float", g))
+                if x is None:
+                    vals.append("-")
+                    continue
+                t = f"{x['insns'] / 1e6:.1f}"
+                if f and b != "float":
+                    t += f" {x['insns'] / f['insns']:.2f}x"
+                if x["dot"]:
+                    t += f" ({x['dot'] / 1e6:.1f})"
+                vals.append(t)
+        out.append(f"| {b} | {v} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+RENDER = {"fit_methods": fit_methods, "arm_insn": arm_insn}
 
 
 def main():

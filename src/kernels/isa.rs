@@ -3,7 +3,8 @@
 //! the portable code anywhere).
 //!
 //! `QWM_ISA` values: `native` (the default: the best variant the CPU runs), `avx2` (x86-64: mask
-//! AVX-512, use the AVX2 kernels), `portable` (plain Rust everywhere). A value the CPU cannot run,
+//! AVX-512, use the AVX2 kernels), `avx512`, `neon` (aarch64: mask the dot-product extension, the
+//! path of Cortex-A53/A72 boards), `neon-dot`, `portable` (plain Rust everywhere). A value the CPU cannot run,
 //! or an unknown one, is refused by [`check_env`] (the command line calls it first, naming the
 //! variable); library callers that skip the check get the native variant and a logged warning.
 
@@ -21,6 +22,10 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW with VNNI.
     Avx512Vnni,
+    /// aarch64 NEON without the dot-product extension (`smull` / `sadalp`: Cortex-A53, A72).
+    Neon,
+    /// aarch64 NEON with `sdot` (Cortex-A55, A76, A78).
+    NeonDot,
 }
 
 impl Isa {
@@ -30,6 +35,8 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dot",
         }
     }
 
@@ -48,14 +55,27 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
+    /// Whether the variant's int8 kernel multiplies `a - 128` (signed) rather than `a`: its
+    /// zero-point correction is then taken at `zp - 128`.
+    pub fn signed_activations(self) -> bool {
+        matches!(self, Isa::Neon | Isa::NeonDot)
+    }
+
     /// The best variant this CPU runs.
     pub fn native() -> Isa {
-        [Isa::Avx512Vnni, Isa::Avx2]
+        [Isa::Avx512Vnni, Isa::Avx2, Isa::NeonDot, Isa::Neon]
             .into_iter()
             .find(|i| i.supported())
             .unwrap_or(Isa::Portable)
@@ -63,10 +83,16 @@ impl Isa {
 
     /// Every variant this CPU runs, lowest first (what the kernel test suites iterate over).
     pub fn available() -> Vec<Isa> {
-        [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| i.supported())
-            .collect()
+        [
+            Isa::Portable,
+            Isa::Avx2,
+            Isa::Avx512Vnni,
+            Isa::Neon,
+            Isa::NeonDot,
+        ]
+        .into_iter()
+        .filter(|i| i.supported())
+        .collect()
     }
 
     /// Parse a `QWM_ISA` value.
@@ -76,9 +102,11 @@ impl Isa {
             "portable" => Isa::Portable,
             "avx2" => Isa::Avx2,
             "avx512" => Isa::Avx512Vnni,
+            "neon" => Isa::Neon,
+            "neon-dot" => Isa::NeonDot,
             _ => {
                 return Err(format!(
-                    "{ENV}={s}: unknown instruction set (expected native, avx2, avx512 or portable)"
+                    "{ENV}={s}: unknown instruction set (expected native, avx2, avx512, neon, neon-dot or portable)"
                 ))
             }
         };
@@ -138,7 +166,7 @@ mod tests {
         assert_eq!(Isa::parse("native"), Ok(Isa::native()));
         let e = Isa::parse("sse9").unwrap_err();
         assert!(e.contains("QWM_ISA=sse9"), "{e}");
-        for i in [Isa::Avx2, Isa::Avx512Vnni] {
+        for i in [Isa::Avx2, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot] {
             assert_eq!(Isa::parse(i.name()).is_ok(), i.supported(), "{i:?}");
         }
         let a = Isa::available();

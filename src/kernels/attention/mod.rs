@@ -130,6 +130,7 @@ impl Kernel {
 
     /// Every kernel this CPU runs (for tests and comparisons).
     pub fn available() -> Vec<Kernel> {
+        #[allow(unused_mut)]
         let mut all = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {

@@ -274,7 +274,13 @@ pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [
     let mut tile = [0f32; MR * PANEL];
     let mut wbuf = std::mem::take(&mut s.w);
     let mut corr = std::mem::take(&mut s.corr);
-    let w_all = w.unpacked(zp, isa, &mut wbuf, &mut corr);
+    // Kernels that multiply `a - 128` take the correction at `zp - 128` (same integers).
+    let zp_corr = if isa.signed_activations() {
+        zp - 128
+    } else {
+        zp
+    };
+    let w_all = w.unpacked(zp_corr, isa, &mut wbuf, &mut corr);
     let (len, per) = (w.panel_len(), nb * PANEL);
     let mc = (A_BYTES / kp).max(MR) / MR * MR;
     for m0 in (0..m).step_by(mc) {
@@ -375,6 +381,8 @@ macro_rules! simd_dispatch {
 use simd_dispatch;
 
 use super::isa::Isa;
+#[cfg(target_arch = "aarch64")]
+mod aarch64_neon;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
@@ -412,6 +420,13 @@ impl Tile<'_> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA (`matmul` asserts it); slices as above.
             Isa::Avx2 => unsafe { self.kernel_avx2(out) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: the CPU has NEON and dotprod (`matmul` asserts it); slices as above; the
+            // corrections were taken at `zp - 128` (`Isa::signed_activations`).
+            Isa::NeonDot => unsafe { self.kernel_neon_dot(out) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: NEON (`matmul` asserts it); slices and corrections as above.
+            Isa::Neon => unsafe { self.kernel_neon(out) },
             _ => self.kernel_portable(out),
         }
     }

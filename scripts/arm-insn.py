@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Executed aarch64 instructions per predictor and encoder call, under qemu, per kernel variant.
+
+    scripts/arm-insn.py [--qwm target/release/qwm]
+                        [--arm target/xc/aarch64-unknown-linux-gnu/release/qwm]
+                        [--cpus cortex-a76,cortex-a53] [--out results/arm_insn.json]
+
+Emulated time says nothing about a board; executed instructions do, as a ratio between two
+kernels doing similar (SIMD) work (../shared/tools/arm-insn/README.md). For each CPU and each
+(bundle, variant) this runs the aarch64 `qwm bench` under `qemu-aarch64 -cpu CPU` with the
+insn_count plugin twice, with 2 and 1 timed calls and no warm-up, and takes the difference:
+one call, loading removed. Bundles: models/wall (float) and its w8a8 and w4-g128 (accuracy level
+4, int8 activations: the 4-bit path on qwm's int8 kernel) deploy forms, written with the host qwm.
+Variants: qwm's kernels as the CPU selects them (`QWM_ISA=native`: sdot on cortex-a76,
+smull/sadalp on cortex-a53), each lower one (`neon`, `portable`), and tract's own int8 lowering
+(`QWM_TRACT_INT8=tract`). Predictor batch 30 (CEM candidates per call), encoder batch 1, 1 thread.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..")
+COUNT = os.path.join(ROOT, "..", "shared", "tools", "arm-insn", "count.sh")
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--qwm", default="target/release/qwm")
+ap.add_argument("--arm", default="target/xc/aarch64-unknown-linux-gnu/release/qwm")
+ap.add_argument("--cpus", default="cortex-a76,cortex-a53")
+ap.add_argument("--work", default="data/arm_insn")
+ap.add_argument("--out", default="results/arm_insn.json")
+a = ap.parse_args()
+os.chdir(ROOT)
+
+bundles = {"float": "models/wall"}
+for name, scheme, extra in [("w8a8 deploy", "w8a8", []),
+                            ("w4-g128 deploy (acc 4)", "w4-g128", ["--accuracy-level", "4"])]:
+    out = os.path.join(a.work, scheme)
+    if not os.path.exists(os.path.join(out, "manifest.json")):
+        subprocess.run([a.qwm, "quantize", "--model", "models/wall", "--out", out, "--encoder", scheme,
+                        "--predictor", scheme, "--form", "deploy", "--calib-episodes", "4"] + extra,
+                       check=True, stdout=subprocess.DEVNULL)
+    bundles[name] = out
+
+
+def count(cpu, env, bundle, graph, iters):
+    batch = "30" if graph == "predictor" else "1"
+    cmd = [COUNT, a.arm, "bench", "--model", bundle, "--graph", graph, "--batch", batch, "--iters", str(iters), "--warmup", "0", "--threads", "1"]
+    e = dict(os.environ, QEMU_CPU=cpu, **env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=e)
+    text = r.stdout + r.stderr
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} ({env}, {cpu}) failed:\n{text[-2000:]}")
+    got = {}
+    for key, pat in [("insns", r"insn_count instructions: (\d+)"),
+                     ("dot", r"insn_count int8 dot products[^:]*: (\d+)"),
+                     ("simd", r"insn_count other FP/SIMD: (\d+)")]:
+        m = re.search(pat, text)
+        if not m:
+            sys.exit(f"no '{key}' count in the output of {' '.join(cmd)}:\n{text[-2000:]}")
+        got[key] = int(m.group(1))
+    return got
+
+
+rows = []
+for cpu in a.cpus.split(","):
+    variants = [("qwm native", {"QWM_ISA": "native"}), ("qwm neon", {"QWM_ISA": "neon"}),
+                ("qwm portable", {"QWM_ISA": "portable"}), ("tract lowering", {"QWM_TRACT_INT8": "tract"})]
+    for bname, bundle in bundles.items():
+        for vname, env in (variants if bname != "float" else [("float", {})]):
+            if cpu == "cortex-a53" and vname == "qwm neon":
+                continue  # native is neon there
+            for graph in ["predictor", "encoder"]:
+                two, one = count(cpu, env, bundle, graph, 2), count(cpu, env, bundle, graph, 1)
+                per = {k: two[k] - one[k] for k in two}
+                row = {"cpu": cpu, "bundle": bname, "variant": vname, "graph": graph, **per}
+                rows.append(row)
+                print(f"{cpu} {bname:>22} {vname:>14} {graph:>9}: {per['insns'] / 1e6:8.1f} M insns, "
+                      f"{per['dot'] / 1e6:6.2f} M dot", flush=True)
+
+os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+with open(a.out, "w") as f:
+    json.dump({"method": "insn_count plugin, qwm bench --iters 2 minus --iters 1, batch 30 / 1, 1 thread",
+               "rows": rows}, f, indent=2)
+    f.write("\n")
+print(f"wrote {a.out}")
