@@ -9,7 +9,9 @@
 //!   dot-product intrinsics are not stable.
 //! - **`smull` + `sadalp`** (every aarch64 CPU, the path of Cortex-A53/A72 such as Raspberry Pi 4):
 //!   `i8 x i8` products widened to `i16` (exact: at most `128 x 128`), pairs added into `i32`
-//!   lanes, so each column has two partial sums, folded with `addp` at the end of a block.
+//!   lanes, so each column has two partial sums, folded with `addp` at the end of a block. With
+//!   4-bit weights a product is at most 1024, so `smlal` sums 16 of them in `i16` lanes before one
+//!   `sadalp` widens them: half the instructions.
 //!
 //! Both give the portable kernel's integers and its rescale, in its order, so the same floats.
 
@@ -39,6 +41,9 @@ macro_rules! sdot {
 const DOT_ROWS: usize = 3;
 /// Rows per pass of the `smull` kernel: 16 accumulators, 2 activation and 4 weight registers.
 const MULL_ROWS: usize = 2;
+/// Groups of four k whose products the 4-bit path sums in `i16` before widening: each lane gets
+/// one product per group, at most `128 x 8 = 1024`, so 16 of them stay below `2^15`.
+const NARROW_GROUPS: usize = 16;
 
 /// Fold the `[ROWS][4]` accumulators of 16 columns of one block into the tile: `(sum - corr)` as
 /// f32, times `w_scale * a_scale`, fused into the tile's running sum (the portable order).
@@ -79,6 +84,7 @@ impl Tile<'_> {
             w,
             corr,
             scales,
+            ..
         } = *self;
         debug_assert!(a.len() >= MR * kp && tile.len() >= MR * PANEL);
         debug_assert!(w.len() >= nb * block * PANEL && corr.len() >= nb * PANEL);
@@ -155,6 +161,8 @@ impl Tile<'_> {
             w,
             corr,
             scales,
+            narrow,
+            ..
         } = *self;
         debug_assert!(a.len() >= MR * kp && tile.len() >= MR * PANEL);
         debug_assert!(w.len() >= nb * block * PANEL && corr.len() >= nb * PANEL);
@@ -167,21 +175,53 @@ impl Tile<'_> {
                 for b in 0..nb {
                     // Per row, per pair of columns: [c p0, c p1, c' p0, c' p1].
                     let mut acc = [[vdupq_n_s32(0); 8]; MULL_ROWS];
-                    for k4 in 0..k4s {
-                        let g = b * k4s + k4;
-                        let av: [int8x16_t; MULL_ROWS] = std::array::from_fn(|i| {
-                            let x = (ap.add((r0 + i) * kp + g * 4) as *const u32).read_unaligned();
-                            vreinterpretq_s8_u32(vdupq_n_u32(x ^ 0x8080_8080))
-                        });
-                        for c in 0..4 {
-                            let wv = vld1q_s8(wp.add(g * 128 + half * 64 + c * 16));
-                            for (i, acc) in acc.iter_mut().enumerate() {
-                                acc[2 * c] = vpadalq_s16(
-                                    acc[2 * c],
-                                    vmull_s8(vget_low_s8(wv), vget_low_s8(av[i])),
-                                );
-                                acc[2 * c + 1] =
-                                    vpadalq_s16(acc[2 * c + 1], vmull_high_s8(wv, av[i]));
+                    let act = |i: usize, g: usize| {
+                        let x = (ap.add((r0 + i) * kp + g * 4) as *const u32).read_unaligned();
+                        vreinterpretq_s8_u32(vdupq_n_u32(x ^ 0x8080_8080))
+                    };
+                    if narrow {
+                        // 4-bit weights: |(a - 128) w| <= 1024, so NARROW_GROUPS products per
+                        // i16 lane stay exact; widen into i32 once per run of groups.
+                        let mut k4 = 0;
+                        while k4 < k4s {
+                            let n = (k4s - k4).min(NARROW_GROUPS);
+                            let mut acc16 = [[vdupq_n_s16(0); 8]; MULL_ROWS];
+                            for g in b * k4s + k4..b * k4s + k4 + n {
+                                let av: [int8x16_t; MULL_ROWS] = std::array::from_fn(|i| act(i, g));
+                                for c in 0..4 {
+                                    let wv = vld1q_s8(wp.add(g * 128 + half * 64 + c * 16));
+                                    for (i, acc16) in acc16.iter_mut().enumerate() {
+                                        acc16[2 * c] = vmlal_s8(
+                                            acc16[2 * c],
+                                            vget_low_s8(wv),
+                                            vget_low_s8(av[i]),
+                                        );
+                                        acc16[2 * c + 1] =
+                                            vmlal_high_s8(acc16[2 * c + 1], wv, av[i]);
+                                    }
+                                }
+                            }
+                            for (acc, acc16) in acc.iter_mut().zip(&acc16) {
+                                for (a, s) in acc.iter_mut().zip(acc16) {
+                                    *a = vpadalq_s16(*a, *s);
+                                }
+                            }
+                            k4 += n;
+                        }
+                    } else {
+                        for k4 in 0..k4s {
+                            let g = b * k4s + k4;
+                            let av: [int8x16_t; MULL_ROWS] = std::array::from_fn(|i| act(i, g));
+                            for c in 0..4 {
+                                let wv = vld1q_s8(wp.add(g * 128 + half * 64 + c * 16));
+                                for (i, acc) in acc.iter_mut().enumerate() {
+                                    acc[2 * c] = vpadalq_s16(
+                                        acc[2 * c],
+                                        vmull_s8(vget_low_s8(wv), vget_low_s8(av[i])),
+                                    );
+                                    acc[2 * c + 1] =
+                                        vpadalq_s16(acc[2 * c + 1], vmull_high_s8(wv, av[i]));
+                                }
                             }
                         }
                     }

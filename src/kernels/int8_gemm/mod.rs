@@ -309,6 +309,7 @@ pub fn matmul(a: &[f32], m: usize, w: &PackedWeights, act: ActQuant, out: &mut [
                     w: wp,
                     corr: cp,
                     scales,
+                    narrow: matches!(w.storage, Storage::Nibbles(_)),
                 };
                 t.run(isa, &mut tile);
                 for r in 0..MR.min(rows - r0.min(rows)) {
@@ -406,6 +407,9 @@ struct Tile<'a> {
     corr: &'a [i32],
     /// The panel's scales, `[nb][32]`.
     scales: &'a [f32],
+    /// Every weight lies in `-8..=7` (4-bit codes): kernels may sum several products in `i16`.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    narrow: bool,
 }
 
 impl Tile<'_> {

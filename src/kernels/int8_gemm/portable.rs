@@ -49,6 +49,7 @@ impl Tile<'_> {
             w,
             corr,
             scales,
+            ..
         } = *self;
         let k4s = block / 4;
         for r in 0..MR {

@@ -274,3 +274,22 @@ fn int8_gemm_speed() {
         }
     }
 }
+
+/// The largest products every 4-bit path meets (weights -8, activations at -127 in every one of
+/// 512 rows of K, blocks of 256): kernels that sum products in narrow lanes must stay exact.
+#[test]
+fn extreme_4bit_products_stay_exact() {
+    let (m, k, n, bs) = (7usize, 512usize, 40usize, 256usize);
+    let codes = vec![0u8; n * (k / bs) * bs / 2]; // every code 0: weight -8
+    let scales = vec![0.5f32; n * (k / bs)];
+    let packed = PackedWeights::from_nbits4(k, n, bs, &codes, &scales);
+    for sign in [-1.0f32, 1.0] {
+        let a = vec![sign; m * k];
+        // Per block: scale 1/127, q = sign * 127; each output sums (k / bs) blocks of
+        // bs * (q * -8) * (1/127) * 0.5.
+        let want = vec![(k as f64) * (sign as f64 * 127.0) * -8.0 * 0.5 / 127.0; m * n];
+        for out in run(&a, m, &packed, ActQuant::PerBlock) {
+            check(&out, &want, &format!("extreme 4-bit, sign {sign}"));
+        }
+    }
+}

@@ -43,6 +43,7 @@ impl Tile<'_> {
             w,
             corr,
             scales,
+            ..
         } = *self;
         debug_assert!(a.len() >= MR * kp && tile.len() >= MR * PANEL);
         debug_assert!(w.len() >= nb * block * PANEL && corr.len() >= nb * PANEL);

@@ -32,6 +32,7 @@ impl Tile<'_> {
             w,
             corr,
             scales,
+            ..
         } = *self;
         let k4s = block / 4;
         let ap = a.as_ptr();
