@@ -32,6 +32,8 @@ ap.add_argument("--qwm", default="target/release/qwm")
 ap.add_argument("--arm", default="target/xc/aarch64-unknown-linux-gnu/release/qwm")
 ap.add_argument("--cpus", default="cortex-a76,cortex-a53")
 ap.add_argument("--work", default="data/arm_insn")
+ap.add_argument("--full", action="store_true",
+                help="also the full-size bundles of scripts/bench-isa.sh (data/bench_isa), predictor batch 4")
 ap.add_argument("--out", default="results/arm_insn.json")
 a = ap.parse_args()
 os.chdir(ROOT)
@@ -47,8 +49,8 @@ for name, scheme, extra in [("w8a8 deploy", "w8a8", []),
     bundles[name] = out
 
 
-def count(cpu, env, bundle, graph, iters):
-    batch = "30" if graph == "predictor" else "1"
+def count(cpu, env, bundle, graph, iters, batch=None):
+    batch = batch or ("30" if graph == "predictor" else "1")
     cmd = [COUNT, a.arm, "bench", "--model", bundle, "--graph", graph, "--batch", batch, "--iters", str(iters), "--warmup", "0", "--threads", "1"]
     e = dict(os.environ, QEMU_CPU=cpu, **env)
     r = subprocess.run(cmd, capture_output=True, text=True, env=e)
@@ -83,6 +85,27 @@ for cpu in a.cpus.split(","):
                 rows.append(row)
                 print(f"{cpu} {bname:>22} {vname:>14} {graph:>9}: {per['insns'] / 1e6:8.1f} M insns, "
                       f"{per['dot'] / 1e6:6.2f} M dot", flush=True)
+
+if a.full:
+    # The full-size DINO-WM-shaped bundles (random weights) at predictor batch 4: float, w8a8 and
+    # w4-g128 (accuracy level 4) deploy forms.
+    full = {"full float": "data/bench_isa/float", "full w8a8 deploy": "data/bench_isa/w8a8",
+            "full w4-g128 deploy (acc 4)": "data/bench_isa/w4g128"}
+    for p in full.values():
+        if not os.path.exists(os.path.join(p, "manifest.json")):
+            sys.exit(f"{p} is missing: run scripts/bench-isa.sh first")
+    for cpu in a.cpus.split(","):
+        for bname, bundle in full.items():
+            vs = [("float", {})] if "float" in bname else [("qwm native", {"QWM_ISA": "native"})]
+            if "w8a8" in bname:
+                vs.append(("tract lowering", {"QWM_TRACT_INT8": "tract"}))
+            for vname, env in vs:
+                two = count(cpu, env, bundle, "predictor", 2, "4")
+                one = count(cpu, env, bundle, "predictor", 1, "4")
+                per = {k: two[k] - one[k] for k in two}
+                rows.append({"cpu": cpu, "bundle": bname, "variant": vname, "graph": "predictor", **per})
+                print(f"{cpu} {bname:>28} {vname:>14} predictor (batch 4): {per['insns'] / 1e6:9.1f} M insns, "
+                      f"{per['dot'] / 1e6:7.2f} M dot", flush=True)
 
 os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
 with open(a.out, "w") as f:

@@ -74,8 +74,9 @@ def arm_insn():
     for c in cpus:
         head += [f"{c} predictor", f"{c} encoder"]
     out = [
-        "Executed instructions per call (millions; x = ratio to float on the same CPU; in brackets "
-        "the `sdot` among them), from `results/arm_insn.json` (`scripts/arm-insn.py`: "
+        "Executed instructions per call (millions; x = ratio to float on the same CPU and bundle; "
+        "in brackets the `sdot` among them; `full` rows: the full-size DINO-WM-shaped bundle at "
+        "predictor batch 4), from `results/arm_insn.json` (`scripts/arm-insn.py`: "
         + r["method"] + "):",
         "",
         "| bundle | kernels | " + " | ".join(head) + " |",
@@ -86,12 +87,13 @@ def arm_insn():
         for c in cpus:
             for g in ["predictor", "encoder"]:
                 x = cell.get((c, b, v, g))
-                f = cell.get((c, "float", "float", g))
+                fb = "full float" if b.startswith("full") else "float"
+                f = cell.get((c, fb, "float", g))
                 if x is None:
                     vals.append("-")
                     continue
                 t = f"{x['insns'] / 1e6:.1f}"
-                if f and b != "float":
+                if f and not b.endswith("float"):
                     t += f" {x['insns'] / f['insns']:.2f}x"
                 if x["dot"]:
                     t += f" ({x['dot'] / 1e6:.1f})"
@@ -100,7 +102,35 @@ def arm_insn():
     return "\n".join(out)
 
 
-RENDER = {"fit_methods": fit_methods, "arm_insn": arm_insn}
+def bench_isa():
+    """The full-size bundle's forms per x86 kernel variant (scripts/bench-isa.sh)."""
+    runs = []
+    for isa in ["portable", "avx2", "avx512"]:
+        path = os.path.join(ROOT, "results", f"bench_isa_{isa}.json")
+        if os.path.exists(path):
+            runs.append((isa, load(f"results/bench_isa_{isa}.json")))
+    cfg = runs[0][1][0]["predictor"]["config"]
+    out = [
+        "Full-size DINO-WM-shaped bundle on tract, 1 thread, predictor batch "
+        f"{cfg['batch']} (candidates/s) and encoder batch 1 (frames/s); x = ratio to float within the "
+        "same run; from `results/bench_isa_*.json` (`scripts/bench-isa.sh`, `QWM_ISA` per run):",
+        "",
+        "| form | " + " | ".join(f"{i} predictor | {i} encoder" for i, _ in runs) + " |",
+        "|---|" + "---|---|" * len(runs),
+    ]
+    forms = [x["form"] for x in runs[0][1]]
+    for i, form in enumerate(forms):
+        vals = []
+        for _, r in runs:
+            x, f = r[i], r[0]
+            for g in ["predictor", "encoder"]:
+                v, fv = x[g]["items_per_s"], f[g]["items_per_s"]
+                vals.append(f"{v:.2f} ({v / fv:.2f}x)")
+        out.append(f"| {form} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+RENDER = {"fit_methods": fit_methods, "arm_insn": arm_insn, "bench_isa": bench_isa}
 
 
 def main():
