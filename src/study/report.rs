@@ -553,20 +553,73 @@ fn markdown(
     });
     let mut s = String::new();
     let _ = writeln!(s, "# qwm study report\n");
+    #[derive(Clone, Copy)]
+    enum Alignment {
+        Spearman,
+        Auroc,
+    }
+    // The statistic over the episodes `idx` (all of them when None).
+    fn alignment(r: &CellResult, which: Alignment, idx: Option<&[usize]>) -> Option<f64> {
+        let all: Vec<usize>;
+        let idx = match idx {
+            Some(i) => i,
+            None => {
+                all = (0..r.per_episode.len()).collect();
+                &all
+            }
+        };
+        let e = &r.per_episode;
+        let obj: Vec<f64> = idx.iter().map(|&i| e[i].final_objective).collect();
+        match which {
+            Alignment::Spearman => {
+                let d: Vec<f64> = idx.iter().map(|&i| e[i].final_distance).collect();
+                crate::util::stats::spearman(&obj, &d)
+            }
+            Alignment::Auroc => {
+                let failed: Vec<bool> = idx.iter().map(|&i| !e[i].success).collect();
+                crate::util::stats::auroc(&obj, &failed)
+            }
+        }
+    }
+    fn alignment_ci(r: &CellResult, which: Alignment) -> Option<(f64, f64)> {
+        crate::util::stats::bootstrap_ci(
+            r.per_episode.len(),
+            &|idx| alignment(r, which, Some(idx)),
+            2000,
+            0.95,
+            0,
+        )
+    }
+    fn with_interval(v: Option<f64>, ci: Option<(f64, f64)>, signed: bool) -> String {
+        let f = |x: f64| {
+            if signed {
+                format!("{x:+.2}")
+            } else {
+                format!("{x:.2}")
+            }
+        };
+        match (v, ci) {
+            (Some(v), Some((lo, hi))) => format!("{} [{}, {}]", f(v), f(lo), f(hi)),
+            (Some(v), None) => f(v),
+            _ => "-".into(),
+        }
+    }
     let _ = writeln!(
         s,
         "{} cells; main planner budget: {} opt steps, {} MPC steps. Success is the environment's criterion; \
          Spearman is the rank correlation between final planner objective and final distance across a cell's episodes \
-         (high = the objective still tells good plans from bad). Weights at bits: quantized Linear weights as integer \
+         (high = the objective still tells good plans from bad); AUROC is how well the final objective tells failed \
+         episodes from successful ones (0.5 = not at all; needs both); both with percentile bootstrap 95% intervals \
+         (2000 resamples of the cell's episodes, seed 0). Weights at bits: quantized Linear weights as integer \
          codes plus scales, everything else f32.\n",
         results.len(),
         budget.0,
         budget.1
     );
-    let _ = writeln!(s, "| cell | module | method | scheme | opt/MPC steps | seed | success [Wilson 95%] | vs float: lost/won, McNemar p | mean dist | mean objective | Spearman | plan s/step p50 | weights at bits | ONNX files |");
+    let _ = writeln!(s, "| cell | module | method | scheme | opt/MPC steps | seed | success [Wilson 95%] | vs float: lost/won, McNemar p | mean dist | mean objective | Spearman [95%] | AUROC objective -> failure [95%] | plan s/step p50 | weights at bits | ONNX files |");
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let floats: Vec<&CellResult> = rs
         .iter()
@@ -580,7 +633,7 @@ fn markdown(
         let interval = crate::util::stats::wilson(r.successes, r.cell.episodes, 1.96);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {}/{} | {} | {}/{} ({:.2}) [{:.2}, {:.2}] | {} | {:.2} | {:.4} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {}/{} | {} | {}/{} ({:.2}) [{:.2}, {:.2}] | {} | {:.2} | {:.4} | {} | {} | {:.2} | {} | {} |",
             r.cell.id,
             r.cell.module.map(|m| m.name()).unwrap_or("-"),
             r.cell.method.map(super::method_name).unwrap_or("-"),
@@ -596,9 +649,16 @@ fn markdown(
             vs_float,
             r.mean_final_distance,
             r.mean_final_objective,
-            r.spearman_objective_distance
-                .map(|v| format!("{v:+.2}"))
-                .unwrap_or_else(|| "-".into()),
+            with_interval(
+                r.spearman_objective_distance,
+                alignment_ci(r, Alignment::Spearman),
+                true
+            ),
+            with_interval(
+                alignment(r, Alignment::Auroc, None),
+                alignment_ci(r, Alignment::Auroc),
+                false
+            ),
             r.plan_time_p50_s,
             fmt_bytes(r.weight_bytes_at_bits),
             fmt_bytes(r.model_file_bytes),

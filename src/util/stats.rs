@@ -85,9 +85,107 @@ pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
     (2.0 * tail).min(1.0)
 }
 
+/// Area under the ROC curve of `scores` for telling `positive` cases from the others: the
+/// probability that a random positive scores higher than a random negative, ties counting half
+/// (the Mann-Whitney U statistic over `n_pos x n_neg`). None without both classes or with a
+/// non-finite score. For a study cell: scores = final objectives, positive = failed episode.
+pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    if scores.len() != positive.len() || scores.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let (mut wins, mut pairs) = (0.0, 0.0);
+    for (i, &a) in scores.iter().enumerate() {
+        if !positive[i] {
+            continue;
+        }
+        for (j, &b) in scores.iter().enumerate() {
+            if positive[j] {
+                continue;
+            }
+            pairs += 1.0;
+            if a > b {
+                wins += 1.0;
+            } else if a == b {
+                wins += 0.5;
+            }
+        }
+    }
+    (pairs > 0.0).then(|| wins / pairs)
+}
+
+/// Percentile bootstrap interval of a statistic of `n` paired observations: `reps` resamples of
+/// `n` indices drawn with replacement (ChaCha8 seeded with `seed`, so the same inputs give the same
+/// interval), the statistic of each (`stat(indices)`; resamples where it is undefined are
+/// skipped), and the `(1 - level) / 2` and `(1 + level) / 2` quantiles. None when fewer than half
+/// the resamples are defined.
+pub fn bootstrap_ci(
+    n: usize,
+    stat: &dyn Fn(&[usize]) -> Option<f64>,
+    reps: usize,
+    level: f64,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    use rand::{Rng, SeedableRng};
+    if n == 0 || reps == 0 {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut idx = vec![0usize; n];
+    let mut vals = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        for i in idx.iter_mut() {
+            *i = rng.random_range(0..n);
+        }
+        if let Some(v) = stat(&idx) {
+            if v.is_finite() {
+                vals.push(v);
+            }
+        }
+    }
+    if vals.len() * 2 < reps {
+        return None;
+    }
+    let a = (1.0 - level) / 2.0;
+    Some((quantile(&vals, a), quantile(&vals, 1.0 - a)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auroc_by_hand() {
+        // Positives 3, 5; negatives 1, 4, 5: pairs (3>1) (3<4) (3<5) (5>1) (5>4) (5=5) = 3.5 / 6.
+        let s = [3.0, 5.0, 1.0, 4.0, 5.0];
+        let p = [true, true, false, false, false];
+        assert!((auroc(&s, &p).unwrap() - 3.5 / 6.0).abs() < 1e-12);
+        assert_eq!(auroc(&[1.0, 2.0], &[true, true]), None);
+        assert_eq!(auroc(&[f64::NAN, 2.0], &[true, false]), None);
+        assert_eq!(auroc(&[2.0, 1.0], &[true, false]), Some(1.0));
+    }
+
+    #[test]
+    fn bootstrap_is_deterministic_and_brackets_the_estimate() {
+        let x: Vec<f64> = (0..40).map(|i| i as f64).collect();
+        let y: Vec<f64> = (0..40).map(|i| (i as f64) + 10.0 * ((i * 7919) % 13) as f64).collect();
+        let stat = |idx: &[usize]| {
+            let a: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
+            let b: Vec<f64> = idx.iter().map(|&i| y[i]).collect();
+            spearman(&a, &b)
+        };
+        let full: Vec<usize> = (0..40).collect();
+        let r = stat(&full).unwrap();
+        let ci = bootstrap_ci(40, &stat, 1000, 0.95, 1).unwrap();
+        assert_eq!(ci, bootstrap_ci(40, &stat, 1000, 0.95, 1).unwrap());
+        assert!(ci.0 < r && r < ci.1 && ci.1 - ci.0 > 0.05, "{ci:?} around {r}");
+        // A perfect monotone relation stays at 1 in every resample that is defined.
+        let perfect = |idx: &[usize]| {
+            let a: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
+            spearman(&a, &a)
+        };
+        assert_eq!(bootstrap_ci(40, &perfect, 200, 0.95, 3), Some((1.0, 1.0)));
+        assert_eq!(bootstrap_ci(0, &perfect, 200, 0.95, 3), None);
+    }
 
     #[test]
     fn mcnemar_matches_the_binomial_by_hand() {
