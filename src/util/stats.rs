@@ -167,7 +167,9 @@ mod tests {
     #[test]
     fn bootstrap_is_deterministic_and_brackets_the_estimate() {
         let x: Vec<f64> = (0..40).map(|i| i as f64).collect();
-        let y: Vec<f64> = (0..40).map(|i| (i as f64) + 10.0 * ((i * 7919) % 13) as f64).collect();
+        let y: Vec<f64> = (0..40)
+            .map(|i| (i as f64) + 10.0 * ((i * 7919) % 13) as f64)
+            .collect();
         let stat = |idx: &[usize]| {
             let a: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
             let b: Vec<f64> = idx.iter().map(|&i| y[i]).collect();
@@ -177,7 +179,10 @@ mod tests {
         let r = stat(&full).unwrap();
         let ci = bootstrap_ci(40, &stat, 1000, 0.95, 1).unwrap();
         assert_eq!(ci, bootstrap_ci(40, &stat, 1000, 0.95, 1).unwrap());
-        assert!(ci.0 < r && r < ci.1 && ci.1 - ci.0 > 0.05, "{ci:?} around {r}");
+        assert!(
+            ci.0 < r && r < ci.1 && ci.1 - ci.0 > 0.05,
+            "{ci:?} around {r}"
+        );
         // A perfect monotone relation stays at 1 in every resample that is defined.
         let perfect = |idx: &[usize]| {
             let a: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
