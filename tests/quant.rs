@@ -896,3 +896,30 @@ fn cfg_like(c: &QuantizeConfig, out: &std::path::Path) -> QuantizeConfig {
         ..c.clone()
     }
 }
+
+/// qwm's fused int8 operator (with the bias Add it absorbs) against tract's own lowering of the
+/// same w8a8 deploy graph: the same uint8 codes, exact integer sums and f32 rescale and bias, so
+/// the predictor's outputs agree to 1e-6 relative (bit for bit where tract's lowering rounds the
+/// same way).
+#[test]
+fn fused_int8_chains_match_tracts_own_lowering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("d8");
+    let mut c = cfg(&wall(), &out, Method::Rtn, "w8a8", "w8a8");
+    c.form = qwm::quant::Form::Deploy;
+    quantize_bundle(&c, make_backend("tract").unwrap().as_ref()).unwrap();
+    let b = Bundle::open(&out).unwrap();
+    let tract = make_backend("tract").unwrap();
+    let mut outs = vec![];
+    for fused in [true, false] {
+        let mut opts = LoadOptions::with_threads(1);
+        opts.tuning.tract_int8 = fused;
+        let s = tract.load(&b.predictor, &opts).unwrap();
+        outs.push(run_predictor_fixture(&wall(), s.as_ref()));
+    }
+    for (a, b) in outs[0].iter().zip(&outs[1]) {
+        assert!(a.data.iter().all(|v| v.is_finite()));
+        let e = rel_err(&a.data, &b.data);
+        assert!(e <= 1e-6, "fused vs tract's lowering: rel err {e}");
+    }
+}

@@ -41,9 +41,11 @@ pub fn fuse_model(m: &mut tract_onnx::pb::ModelProto) -> usize {
     }
 }
 
-/// Rewrite every fusable `QuantizeLinear -> MatMulInteger -> Cast(float) -> Mul` chain of `g`
-/// into one [`OP_TYPE`] node with inputs `(x, a_scale, a_zero, w, scale)`. Returns how many
-/// chains were fused; `MatMulInteger` nodes that do not fit the pattern stay as they are.
+/// Rewrite every fusable `QuantizeLinear -> MatMulInteger -> Cast(float) -> Mul [-> Add(bias)]`
+/// chain of `g` into one [`OP_TYPE`] node with inputs `(x, a_scale, a_zero, w, scale[, bias])`
+/// (the bias is taken when it is a constant f32 `[N]` and the Mul's only reader is the Add).
+/// Returns how many chains were fused; `MatMulInteger` nodes that do not fit the pattern stay as
+/// they are.
 pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
     let ix = crate::onnx::index::GraphIndex::new(g);
     let consumer = |name: &str| ix.sole_consumer(name);
@@ -97,14 +99,29 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
                 ix.initializer(s)
                     .is_some_and(|t| t.data_type == DataType::Float as i32 && t.dims == [n])
             });
-        if mul_ok {
-            chains.push((qi, mi, ci, ui));
+        if !mul_ok {
+            continue;
         }
+        // A bias `Add` of a constant [N] f32 vector after the Mul joins the fused node.
+        let bias = consumer(&mul.output[0]).filter(|&ai| {
+            let add = &g.node[ai];
+            add.op_type == "Add"
+                && add.domain.is_empty()
+                && add.input.len() == 2
+                && add.input.iter().filter(|i| **i == mul.output[0]).count() == 1
+                && add
+                    .input
+                    .iter()
+                    .find(|i| **i != mul.output[0])
+                    .and_then(|b| ix.initializer(b))
+                    .is_some_and(|t| t.data_type == DataType::Float as i32 && t.dims == [n])
+        });
+        chains.push((qi, mi, ci, ui, bias));
     }
     let fused = chains.len();
     let mut edits = vec![];
     let mut drop = vec![];
-    for &(qi, mi, ci, ui) in &chains {
+    for &(qi, mi, ci, ui, bias) in &chains {
         let (q, mm, mul) = (&g.node[qi], &g.node[mi], &g.node[ui]);
         let scale = mul
             .input
@@ -112,23 +129,39 @@ pub fn fuse_int8_linears(g: &mut GraphProto) -> usize {
             .find(|i| **i != g.node[ci].output[0])
             .expect("checked above")
             .clone();
+        let mut input = vec![
+            q.input[0].clone(),
+            q.input[1].clone(),
+            q.input[2].clone(),
+            mm.input[1].clone(),
+            scale,
+        ];
+        let mut output = mul.output.clone();
+        let mut last = ui;
+        if let Some(ai) = bias {
+            let add = &g.node[ai];
+            input.push(
+                add.input
+                    .iter()
+                    .find(|i| **i != mul.output[0])
+                    .expect("checked above")
+                    .clone(),
+            );
+            output = add.output.clone();
+            drop.push(ui);
+            last = ai;
+        }
         let node = NodeProto {
-            input: vec![
-                q.input[0].clone(),
-                q.input[1].clone(),
-                q.input[2].clone(),
-                mm.input[1].clone(),
-                scale,
-            ],
-            output: mul.output.clone(),
+            input,
+            output,
             name: format!("{}.qwm_int8", mm.name),
             op_type: OP_TYPE.into(),
             domain: String::new(),
             attribute: vec![],
             doc_string: String::new(),
         };
-        // The fused node takes the Mul's place: everything it feeds comes after it.
-        edits.push((ui, vec![node]));
+        // The fused node takes the last fused node's place: everything it feeds comes after it.
+        edits.push((last, vec![node]));
         drop.extend([qi, mi, ci]);
     }
     crate::onnx::index::splice(g, edits, &drop);
@@ -140,8 +173,8 @@ fn parse(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     ensure!(
-        node.input.len() == 5,
-        "{OP_TYPE} '{}': expected 5 inputs",
+        node.input.len() == 5 || node.input.len() == 6,
+        "{OP_TYPE} '{}': expected 5 or 6 inputs",
         node.name
     );
     Ok((expand(Int8LinearExpansion), vec![]))
@@ -161,7 +194,9 @@ impl Expansion for Int8LinearExpansion {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 5)?;
+        if inputs.len() != 5 {
+            check_input_arity(inputs, 6)?;
+        }
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
         s.equals(&inputs[0].datum_type, f32::datum_type())?;
@@ -210,12 +245,25 @@ impl Expansion for Int8LinearExpansion {
             a_scale.is_finite() && a_scale > 0.0,
             "{prefix}: activation scale {a_scale} must be positive"
         );
+        let bias = match inputs.get(5) {
+            None => None,
+            Some(&b) => {
+                let b = konst(model, b, OP_TYPE, "the bias")?
+                    .cast_to::<f32>()?
+                    .into_owned();
+                let b_ram = b.try_as_plain_ram()?;
+                let b: &[f32] = b_ram.as_slice()?;
+                ensure!(b.len() == n, "{prefix}: {} bias values for N {n}", b.len());
+                Some(Arc::new(b.to_vec()))
+            }
+        };
         let op = Int8Linear {
             weights: Arc::new(PackedWeights::from_i8(k, n, w, scale)),
             act: ActQuant::Static {
                 scale: a_scale,
                 zero: a_zero,
             },
+            bias,
         };
         model.wire_node(format!("{prefix}.int8_linear"), op, &[inputs[0]])
     }
@@ -274,8 +322,8 @@ mod tests {
         g.node.iter().map(|n| n.op_type.as_str()).collect()
     }
 
-    /// The deploy chain becomes one node in the Mul's place, with the chain's own inputs and
-    /// output; the bias Add after it stays.
+    /// The deploy chain and its bias Add become one node in the Add's place, with the chain's
+    /// own inputs and the Add's output.
     #[test]
     fn the_deploy_chain_is_fused_in_place() {
         let mut m = lowered(8, 5);
@@ -284,15 +332,28 @@ mod tests {
             ops(g),
             ["QuantizeLinear", "MatMulInteger", "Cast", "Mul", "Add"]
         );
+        let y = g.node[4].output.clone();
         assert_eq!(fuse_int8_linears(g), 1);
-        assert_eq!(ops(g), [OP_TYPE, "Add"]);
+        assert_eq!(ops(g), [OP_TYPE]);
         let f = &g.node[0];
         assert_eq!(f.input[0], "x");
-        assert_eq!(f.output, g.node[1].input[..1]);
+        assert_eq!(f.output, y);
         assert!(
-            f.input[3].ends_with("w_q") && f.input[4].ends_with("scale"),
+            f.input[3].ends_with("w_q") && f.input[4].ends_with("scale") && f.input[5] == "bias",
             "{f:?}"
         );
+    }
+
+    /// A bias that is not a constant [N] vector stays a separate Add after the fused node.
+    #[test]
+    fn a_bias_that_is_not_a_constant_vector_stays() {
+        let mut m = lowered(8, 5);
+        let g = m.graph.as_mut().unwrap();
+        g.initializer.retain(|t| t.name != "bias");
+        g.initializer.push(f32_tensor("bias", &[1, 5], &[0.5; 5]));
+        assert_eq!(fuse_int8_linears(g), 1);
+        assert_eq!(ops(g), [OP_TYPE, "Add"]);
+        assert_eq!(g.node[0].input.len(), 5);
     }
 
     /// Chains whose intermediate tensors are read elsewhere, or whose weights have a zero point,

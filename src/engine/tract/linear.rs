@@ -89,6 +89,8 @@ pub struct Int8Linear {
     pub weights: Arc<PackedWeights>,
     /// How the activations are quantized.
     pub act: ActQuant,
+    /// Added to every output row after the rescale (the chain's bias `Add`, fused), in f32.
+    pub bias: Option<Arc<Vec<f32>>>,
 }
 
 impl Eq for Int8Linear {}
@@ -127,6 +129,14 @@ impl EvalOp for Int8Linear {
                 out,
                 crate::kernels::isa::Isa::selected(),
             );
+            if let Some(b) = &self.bias {
+                // The chain's Add: one f32 addition per output, as tract's Add computed it.
+                for row in out.chunks_exact_mut(n) {
+                    for (o, b) in row.iter_mut().zip(b.iter()) {
+                        *o += *b;
+                    }
+                }
+            }
             Ok(())
         })
     }
@@ -175,6 +185,7 @@ impl TypedOp for Int8Linear {
         let op = Int8Linear {
             weights: Arc::new(w),
             act: self.act,
+            bias: self.bias.as_ref().map(|b| Arc::new(b[s..e].to_vec())),
         };
         patch.wire_node(prefix, op, inputs).map(Some)
     }

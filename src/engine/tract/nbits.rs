@@ -183,6 +183,7 @@ impl Expansion for NBitsExpansion {
                     k, n, bs, codes, scales,
                 )),
                 act: crate::kernels::int8_gemm::ActQuant::PerBlock,
+                bias: None,
             };
             model.wire_node(format!("{prefix}.int8_matmul"), op, &[a])?[0]
         } else {
