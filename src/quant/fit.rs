@@ -17,10 +17,10 @@
 //!    are reported; `qwm fit` then plans episodes with both (see the command).
 
 use super::calib::Calibration;
-use super::gptq::{quantize_gptq, GptqOptions};
+use super::gptq::GptqOptions;
 use super::qdq;
 use super::scheme::Scheme;
-use super::weights::{quantize_matrix, Observer};
+use super::weights::Observer;
 use crate::bundle::Bundle;
 use crate::engine::{Backend, LoadOptions};
 use crate::env::Frame;
@@ -237,20 +237,21 @@ impl Quantizer {
         };
         let w = onnx::initializer(proto, &layer.weight)?;
         let named = |e: QwmError| QwmError::Usage(format!("{}: {e}", layer.node));
-        let (k, n) = (layer.k, layer.n);
-        let q = match self.method {
-            FitMethod::Rtn => quantize_matrix(&w, k, n, bits, s.group, Observer::Rtn),
-            FitMethod::Omse => quantize_matrix(&w, k, n, bits, s.group, Observer::Omse),
-            FitMethod::Gptq => {
-                let key = format!("{}:{}", ["encoder", "predictor"][module], layer.input);
-                let h = self
-                    .calib
-                    .as_ref()
-                    .and_then(|c| c.hessian(&key))
-                    .ok_or_else(|| QwmError::Usage(format!("no calibration Hessian for {key}")))?;
-                quantize_gptq(&w, k, n, &h, bits, s.group, &GptqOptions::default()).map(|r| r.0)
-            }
-        }
+        let observer = match self.method {
+            FitMethod::Omse => Observer::Omse,
+            _ => Observer::Rtn,
+        };
+        let gptq = (self.method == FitMethod::Gptq).then(GptqOptions::default);
+        let (q, _) = super::quantize_weight(
+            &w,
+            ["encoder", "predictor"][module],
+            layer,
+            bits,
+            s.group,
+            observer,
+            gptq.as_ref(),
+            self.calib.as_ref(),
+        )
         .map_err(named)?;
         qdq::rewrite_weight(proto, layer, &q)?;
         Ok(((layer.k * layer.n * bits as usize).div_ceil(8) + 4 * q.scales.len()) as u64)

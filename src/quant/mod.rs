@@ -171,6 +171,36 @@ pub(crate) fn calibrate_with(
         .expect("the tap is the Calibration given above"))
 }
 
+/// One Linear layer's weight quantizer, shared by `qwm quantize` and `qwm fit`: GPTQ (when
+/// `gptq` is given) on the calibration Hessian of the layer's input, else `observer`'s scales.
+/// Returns GPTQ's record when it ran.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize_weight(
+    w: &[f32],
+    module: &str,
+    layer: &LinearLayer,
+    bits: u32,
+    group: Option<usize>,
+    observer: Observer,
+    gptq: Option<&gptq::GptqOptions>,
+    calib: Option<&Calibration>,
+) -> Result<(weights::QuantWeight, Option<gptq::GptqReport>)> {
+    let (k, n) = (layer.k, layer.n);
+    let Some(opts) = gptq else {
+        return Ok((quantize_matrix(w, k, n, bits, group, observer)?, None));
+    };
+    let h = calib
+        .and_then(|c| c.hessian(&format!("{module}:{}", layer.input)))
+        .ok_or_else(|| {
+            QwmError::Usage(format!(
+                "no calibration Hessian for {module} {}",
+                layer.input
+            ))
+        })?;
+    let (q, rep) = gptq::quantize_gptq(w, k, n, &h, bits, group, opts)?;
+    Ok((q, Some(rep)))
+}
+
 fn smooth_scales(x_absmax: &[f64], w: &[f32], k: usize, n: usize, alpha: f64) -> Vec<f32> {
     (0..k)
         .map(|j| {
@@ -334,22 +364,18 @@ fn quantize_module(
             Observer::Rtn
         };
         let named = |e: QwmError| QwmError::Usage(format!("{module} {}: {}", layer.node, rel(e)));
-        let mut gptq_record = None;
-        let q = if cfg.method == Method::Gptq {
-            let key = format!("{module}:{}", layer.input);
-            let h = calib.and_then(|c| c.hessian(&key)).ok_or_else(|| {
-                QwmError::Usage(format!(
-                    "no calibration Hessian for {module} {}",
-                    layer.input
-                ))
-            })?;
-            let (q, rep) =
-                gptq::quantize_gptq(&w, k, n, &h, wbits, scheme.group, &cfg.gptq).map_err(named)?;
-            gptq_record = Some(rep);
-            q
-        } else {
-            quantize_matrix(&w, k, n, wbits, scheme.group, observer).map_err(named)?
-        };
+        let gptq = (cfg.method == Method::Gptq).then_some(&cfg.gptq);
+        let (q, gptq_record) = quantize_weight(
+            &w,
+            module,
+            layer,
+            wbits,
+            scheme.group,
+            observer,
+            gptq,
+            calib,
+        )
+        .map_err(named)?;
         let scale_range = q
             .scales
             .iter()
