@@ -2,7 +2,7 @@
 """Objective distortion of whole-model weight quantization per method, on `qwm fit`'s probe.
 
     scripts/fit-methods.py [QWM_BINARY] [--model models/wall] [--schemes w4,w3]
-                           [--methods rtn,omse,gptq] [--out results/fit_methods.json]
+                           [--methods rtn,omse,gptq,omniquant] [--out results/fit_methods.json]
 
 Runs `qwm fit --method M --options SCHEMES --episodes 0` once per method (the probe: 8 calibration
 situations x 64 seeded candidate action sequences, DINO-WM's objective; distortion
@@ -22,7 +22,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("qwm", nargs="?", default="target/release/qwm")
 ap.add_argument("--model", default="models/wall")
 ap.add_argument("--schemes", default="w4,w3")
-ap.add_argument("--methods", default="rtn,omse,gptq")
+ap.add_argument("--methods", default="rtn,omse,gptq,omniquant")
 ap.add_argument("--threads", default="1")
 ap.add_argument("--out", default="results/fit_methods.json")
 a = ap.parse_args()

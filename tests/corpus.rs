@@ -532,8 +532,20 @@ fn flag_cases() -> Vec<Case> {
     v.extend(s(&["--method", "gptq", "--gptq-damp", "nan"]));
     add("quantize gptq damp nan", v, "--gptq-damp");
     let mut v = q("w8");
-    v.extend(s(&["--method", "omniquant"]));
+    v.extend(s(&["--method", "hqq"]));
     add("quantize unknown method", v, "--method");
+    // OmniQuant's own settings, refused before any calibration or Python runs.
+    for (flag, value) in [
+        ("--omni-batch", "0"),
+        ("--omni-samples", "1"),
+        ("--omni-lwc-lr", "nan"),
+        ("--omni-let-lr", "-1"),
+        ("--omni-python", "/nonexistent/python3"),
+    ] {
+        let mut v = q("w8");
+        v.extend(s(&["--method", "omniquant", flag, value]));
+        add("quantize omniquant bad setting", v, flag);
+    }
     let mut v = q("w8");
     v.extend(s(&["--form", "deploy"]));
     add("quantize deploy form", v, "--form");

@@ -84,6 +84,7 @@ fn quantized_forms_agree_across_backends() {
             accuracy_level: 0,
             layer_schemes: Default::default(),
             gptq: Default::default(),
+            omniquant: Default::default(),
         };
         quantize_bundle(&cfg, tract.as_ref()).unwrap();
         let b = Bundle::open(&out).unwrap();
@@ -334,6 +335,7 @@ fn matmulnbits_accuracy_level_4_is_applied_and_close() {
             accuracy_level: level,
             layer_schemes: Default::default(),
             gptq: Default::default(),
+            omniquant: Default::default(),
         };
         quantize_bundle(&cfg, tract.as_ref()).unwrap();
         let b = Bundle::open(&out).unwrap();

@@ -136,6 +136,7 @@ fn cfg(
         accuracy_level: 0,
         layer_schemes: Default::default(),
         gptq: Default::default(),
+        omniquant: Default::default(),
     }
 }
 
@@ -888,6 +889,178 @@ fn gptq_bundles_record_lower_layer_error_than_rtn_and_plan() {
         "1",
     ]);
     assert!(ok, "{stdout}\n{stderr}");
+}
+
+/// The interpreter with PyTorch for OmniQuant's training step: `$QWM_PYTHON` (else python3)
+/// when it imports torch, onnx and numpy. None skips the test, except where
+/// `QWM_TORCH_REQUIRED` is set (CI), which makes a missing PyTorch a failure.
+fn torch_python() -> Option<std::path::PathBuf> {
+    let py = std::env::var("QWM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import torch, onnx, numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py.into());
+    }
+    assert!(
+        std::env::var_os("QWM_TORCH_REQUIRED").is_none(),
+        "QWM_TORCH_REQUIRED is set but {py} has no torch/onnx/numpy"
+    );
+    eprintln!("skipped: {py} has no PyTorch (set QWM_PYTHON; CI sets QWM_TORCH_REQUIRED)");
+    None
+}
+
+/// `qwm quantize --method omniquant` end to end on the tiny bundle: calibration inputs recorded,
+/// the training step run, the transformed float model quantized with the learned clipping into a
+/// standard bundle that plans; every block's trained loss at most RTN's, the transform exact in
+/// float64 (the script's own check, recorded), codes in range, and the same request gives the
+/// same bytes. (That the written transformed float graphs give the original outputs within 1e-5
+/// is models/test_omniquant.py's check, on ONNX Runtime.)
+#[test]
+fn omniquant_bundles_are_trained_recorded_deterministic_and_plan() {
+    let Some(python) = torch_python() else {
+        return;
+    };
+    let src = tiny_h3();
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = make_backend("tract").unwrap();
+    let out = tmp.path().join("omni");
+    let mut c = cfg(&src, &out, Method::Omniquant, "w4", "w3");
+    c.omniquant = qwm::quant::omniquant::OmniOptions {
+        epochs: 2,
+        samples: 16,
+        batch: 4,
+        python: Some(python),
+        ..Default::default()
+    };
+    let m = quantize_bundle(&c, backend.as_ref()).unwrap();
+    let b = Bundle::open(&out).unwrap();
+    let mut trained = 0;
+    let mut transformed = 0;
+    for (rec, graph, bits) in [
+        (&m.quantization.encoder, &b.encoder, 4),
+        (&m.quantization.predictor, &b.predictor, 3),
+    ] {
+        assert_eq!(rec.method, Some(Method::Omniquant));
+        let o = rec.omniquant.as_ref().expect("module record");
+        assert!(o.equivalence_error < 1e-9, "{}", o.equivalence_error);
+        assert_eq!(o.epochs, 2);
+        assert!(!o.blocks.is_empty());
+        for blk in &o.blocks {
+            assert!(
+                blk.loss_final.is_finite() && blk.loss_final <= blk.loss_rtn,
+                "{blk:?}"
+            );
+            trained += usize::from(blk.kept == "omniquant");
+        }
+        let proto = pb::ModelProto::decode(&graph.bytes[..]).unwrap();
+        let (qmin, qmax) = ref_range(bits);
+        for l in rec.layers.as_ref().unwrap() {
+            let r = l.omniquant.as_ref().unwrap_or_else(|| panic!("{}", l.node));
+            assert!(
+                0.0 < r.clip_range[0]
+                    && r.clip_range[0] <= r.clip_range[1]
+                    && r.clip_range[1] <= 1.0
+            );
+            transformed += usize::from(r.transform.is_some());
+            let codes = proto
+                .graph
+                .as_ref()
+                .unwrap()
+                .initializer
+                .iter()
+                .find(|t| {
+                    t.name.ends_with("_quant") && t.dims == [l.shape[0] as i64, l.shape[1] as i64]
+                })
+                .expect("quantized codes");
+            assert!(codes
+                .raw_data
+                .iter()
+                .all(|c| (qmin..=qmax).contains(&(*c as i8 as f64))));
+        }
+    }
+    assert!(trained > 0, "no block beat RTN");
+    assert!(transformed > 0, "no equivalent transformation was folded");
+    let again = tmp.path().join("again");
+    quantize_bundle(&cfg_like(&c, &again), backend.as_ref()).unwrap();
+    for f in ["encoder.onnx", "predictor.onnx", "manifest.json"] {
+        let a = std::fs::read_to_string(out.join(f)).unwrap_or_default();
+        let b = std::fs::read_to_string(again.join(f)).unwrap_or_default();
+        if f == "manifest.json" {
+            // The manifest names its own output folder nowhere but in `source`: the same.
+            assert_eq!(a, b);
+        } else {
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(again.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
+    let (ok, stdout, stderr) = run_qwm(&[
+        "plan",
+        "--model",
+        out.to_str().unwrap(),
+        "--episodes",
+        "1",
+        "--max-iter",
+        "1",
+        "--samples",
+        "8",
+        "--topk",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+}
+
+/// Without an interpreter that has PyTorch, `--method omniquant` fails at once (before the
+/// calibration run), naming the flag and the exact install command, and writes nothing.
+#[test]
+fn omniquant_without_pytorch_names_the_flag_and_the_install_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let t0 = std::time::Instant::now();
+    let (ok, stdout, stderr) = run_qwm(&[
+        "quantize",
+        "--model",
+        tiny_h3().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "omniquant",
+        "--encoder",
+        "w4",
+        "--predictor",
+        "w4",
+        "--omni-python",
+        "/nonexistent/python3",
+    ]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("--omni-python /nonexistent/python3"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("-m pip install torch"), "{stderr}");
+    assert!(!out.exists());
+    assert!(t0.elapsed().as_secs() < 30);
+    let (ok, _, stderr) = run_qwm(&[
+        "quantize",
+        "--model",
+        tiny_h3().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "omniquant",
+        "--encoder",
+        "w4",
+        "--omni-batch",
+        "0",
+    ]);
+    assert!(!ok && stderr.contains("--omni-batch"), "{stderr}");
 }
 
 fn cfg_like(c: &QuantizeConfig, out: &std::path::Path) -> QuantizeConfig {

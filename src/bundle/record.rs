@@ -23,6 +23,10 @@ pub enum Method {
     /// GPTQ: error-feedback rounding through the inverse Hessian of the calibration inputs
     /// (beyond the study's five methods; the field's standard one for 4-bit weights).
     Gptq,
+    /// OmniQuant: learnable weight clipping and learnable equivalent transformations (LayerNorm
+    /// to Linear, q to k), trained block by block on calibration inputs (PyTorch,
+    /// `models/omniquant.py`, run by `qwm quantize`).
+    Omniquant,
 }
 
 impl Method {
@@ -34,6 +38,7 @@ impl Method {
             Method::Awq => "awq",
             Method::Smoothquant => "smoothquant",
             Method::Gptq => "gptq",
+            Method::Omniquant => "omniquant",
         }
     }
 }
@@ -132,6 +137,9 @@ pub struct LayerRecord {
     pub migration: Option<(String, f64)>,
     /// MatMul node.
     pub node: String,
+    /// What OmniQuant learned for this layer (OmniQuant layers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omniquant: Option<OmniLayerRecord>,
     /// Smallest / largest weight scale.
     pub scale_range: [f64; 2],
     /// In x out features.
@@ -159,6 +167,40 @@ pub struct GptqRecord {
     pub rtn_output_error: f64,
 }
 
+/// What OmniQuant learned for one layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OmniLayerRecord {
+    /// Smallest / largest learned clipping factor (of each scale block's max |w|).
+    pub clip_range: [f64; 2],
+    /// The LayerNorm whose equivalent transformation was folded into this layer's rows (and
+    /// whether a q-k scale was folded into its columns), when any.
+    pub transform: Option<String>,
+}
+
+/// OmniQuant's training of one block.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OmniBlockRecord {
+    /// `omniquant`, or `rtn` where training did not beat round-to-nearest (then kept).
+    pub kept: String,
+    /// Block output MSE after training (on the quantized inputs).
+    pub loss_final: f64,
+    /// The same for round-to-nearest.
+    pub loss_rtn: f64,
+}
+
+/// OmniQuant's run on one module.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OmniModuleRecord {
+    /// Per block, in graph order.
+    pub blocks: Vec<OmniBlockRecord>,
+    /// Epochs over the calibration inputs per block.
+    pub epochs: usize,
+    /// Largest relative change of the float outputs the learned transform makes (float64).
+    pub equivalence_error: f64,
+    /// Calibration samples (recorded graph calls' batch items).
+    pub samples: usize,
+}
+
 /// Per-module record (`{"scheme": "float"}` for a module left float).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModuleRecord {
@@ -174,6 +216,9 @@ pub struct ModuleRecord {
     /// Method (absent for a float module).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<Method>,
+    /// OmniQuant's training (OmniQuant modules only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omniquant: Option<OmniModuleRecord>,
     /// Scheme string (`float` for a float module).
     pub scheme: String,
 }
@@ -192,6 +237,7 @@ impl ModuleRecord {
             form: None,
             layers: None,
             method: None,
+            omniquant: None,
             scheme: "float".into(),
         }
     }

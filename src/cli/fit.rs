@@ -169,7 +169,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
     // Weight-only RTN and OMSE calibrate nothing (the record says so); GPTQ calibrates as the
     // fit's probe did.
     let calib = match args.method {
-        fit::FitMethod::Gptq => fit::GPTQ_CALIBRATION,
+        fit::FitMethod::Gptq | fit::FitMethod::Omniquant => fit::GPTQ_CALIBRATION,
         _ => (1, 1, 16),
     };
     let qcfg = |out: &Path, enc, pred, layers| crate::quant::QuantizeConfig {
@@ -187,6 +187,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         accuracy_level: 0,
         layer_schemes: layers,
         gptq: Default::default(),
+        omniquant: fit::omni_options(),
     };
     let float = crate::quant::scheme::Scheme::FLOAT;
     let tract = make_backend("tract")?;

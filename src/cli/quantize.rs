@@ -8,6 +8,7 @@ pub use crate::quant::settings::QuantizeArgs;
 
 /// `qwm quantize`.
 pub fn quantize(args: QuantizeArgs) -> Result<()> {
+    let omniquant = args.omni_options();
     let QuantizeArgs {
         model,
         out,
@@ -23,6 +24,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         gptq_damp,
         gptq_act_order,
         threads,
+        ..
     } = args;
     let cfg = crate::quant::QuantizeConfig {
         model: model.clone(),
@@ -43,6 +45,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             act_order: gptq_act_order,
             ..Default::default()
         },
+        omniquant,
     };
     let t0 = Instant::now();
     let backend = make_backend("tract")?;

@@ -5,7 +5,7 @@
 //!    goal frame) and seeded random candidate action sequences. The float model scores every
 //!    candidate with DINO-WM's objective; that vector `J` is what the planner ranks.
 //! 2. **Sensitivity.** Every Linear layer of encoder and predictor is quantized alone at every
-//!    option (weight-only, by `--method`: RTN, OMSE or GPTQ; w8, w6, w4-g32, w4, w3-g32, w3 by
+//!    option (weight-only, by `--method`: RTN, OMSE, GPTQ or OmniQuant's clipping; w8, w6, w4-g32, w4, w3-g32, w3 by
 //!    default), and the objective's
 //!    distortion `D = sum (J_q - J)^2 / sum J^2` is measured through the whole model (an encoder
 //!    layer changes the start and goal latents; a predictor layer the predictions).
@@ -47,6 +47,10 @@ pub enum FitMethod {
     /// GPTQ with its default settings, Hessians from one calibration run of the float model
     /// (`qwm quantize`'s default calibration: 4 episodes, 2 MPC steps, 100 samples).
     Gptq,
+    /// OmniQuant's learned weight clipping, trained once per option on the same calibration as
+    /// GPTQ, without equivalent transformations (they change the float graph, so per-layer
+    /// choices trained at different schemes would not compose).
+    Omniquant,
 }
 
 impl FitMethod {
@@ -56,11 +60,20 @@ impl FitMethod {
             FitMethod::Rtn => crate::bundle::Method::Rtn,
             FitMethod::Omse => crate::bundle::Method::Omse,
             FitMethod::Gptq => crate::bundle::Method::Gptq,
+            FitMethod::Omniquant => crate::bundle::Method::Omniquant,
         }
     }
 }
 
-/// Calibration of `qwm fit --method gptq` (`qwm quantize`'s defaults).
+/// OmniQuant's settings in `qwm fit` (clipping only, see [`FitMethod::Omniquant`]).
+pub fn omni_options() -> super::omniquant::OmniOptions {
+    super::omniquant::OmniOptions {
+        learn_let: false,
+        ..Default::default()
+    }
+}
+
+/// Calibration of `qwm fit --method gptq` and `--method omniquant` (`qwm quantize`'s defaults).
 pub const GPTQ_CALIBRATION: (usize, usize, usize) = (4, 2, 100);
 
 /// What `qwm fit` needs.
@@ -221,6 +234,11 @@ fn distortion(q: &[Vec<f32>], f: &[Vec<f32>]) -> (f64, f64) {
 struct Quantizer {
     method: FitMethod,
     calib: Option<Calibration>,
+    /// OmniQuant's clipping factors by (module, MatMul node, scheme); the full method's (with
+    /// equivalent transformations) under the scheme name followed by `+let`.
+    clips: std::collections::BTreeMap<(usize, String, String), Vec<f64>>,
+    /// The full OmniQuant's transformed float graphs per scheme (the uniform rows).
+    transformed: std::collections::BTreeMap<String, [ModelProto; 2]>,
 }
 
 impl Quantizer {
@@ -232,6 +250,18 @@ impl Quantizer {
         layer: &LinearLayer,
         s: Scheme,
     ) -> Result<u64> {
+        self.layer_as(proto, module, layer, s, &s.to_string())
+    }
+
+    /// [`Quantizer::layer`] with OmniQuant's clipping learned under `key`.
+    fn layer_as(
+        &self,
+        proto: &mut ModelProto,
+        module: usize,
+        layer: &LinearLayer,
+        s: Scheme,
+        key: &str,
+    ) -> Result<u64> {
         let Some(bits) = s.weight_bits else {
             return Ok(4 * (layer.k * layer.n) as u64);
         };
@@ -242,6 +272,16 @@ impl Quantizer {
             _ => Observer::Rtn,
         };
         let gptq = (self.method == FitMethod::Gptq).then(GptqOptions::default);
+        let clip = if self.method == FitMethod::Omniquant {
+            Some(
+                self.clips
+                    .get(&(module, layer.node.clone(), key.to_string()))
+                    .ok_or_else(|| named(QwmError::Usage(format!("no OmniQuant clipping at {s}"))))?
+                    .as_slice(),
+            )
+        } else {
+            None
+        };
         let (q, _) = super::quantize_weight(
             &w,
             ["encoder", "predictor"][module],
@@ -251,6 +291,7 @@ impl Quantizer {
             observer,
             gptq.as_ref(),
             self.calib.as_ref(),
+            clip,
         )
         .map_err(named)?;
         qdq::rewrite_weight(proto, layer, &q)?;
@@ -333,6 +374,56 @@ impl Fitter {
         } else {
             None
         };
+        let mut clips = std::collections::BTreeMap::new();
+        let mut transformed = std::collections::BTreeMap::new();
+        if cfg.method == FitMethod::Omniquant {
+            let work = tempfile::Builder::new()
+                .prefix("qwm-fit-omniquant-")
+                .tempdir()
+                .map_err(|e| QwmError::io(std::env::temp_dir(), e))?;
+            // Per option: clipping only (per-layer sensitivities, the allocation), then the
+            // full method with its equivalent transformations (the uniform rows).
+            for (i, &s) in cfg.options.iter().enumerate() {
+                for full in [false, true] {
+                    let dir = work.path().join(format!("option{i}-{full}"));
+                    std::fs::create_dir_all(&dir).map_err(|e| QwmError::io(&dir, e))?;
+                    let opts = super::omniquant::OmniOptions {
+                        learn_let: full,
+                        ..omni_options()
+                    };
+                    let p = super::omniquant::prepare(
+                        &bundle,
+                        backend,
+                        [s, s],
+                        GPTQ_CALIBRATION,
+                        cfg.threads,
+                        &opts,
+                        &dir,
+                    )?;
+                    let key = if full {
+                        format!("{s}+let")
+                    } else {
+                        s.to_string()
+                    };
+                    for (m, res) in &p.result.modules {
+                        let m = usize::from(m == "predictor");
+                        for (node, l) in &res.layers {
+                            clips.insert((m, node.clone(), key.clone()), l.clip.clone());
+                        }
+                    }
+                    if full {
+                        let t = Bundle::open(&p.bundle)?;
+                        transformed.insert(
+                            s.to_string(),
+                            [
+                                onnx::decode(&t.encoder.bytes, &t.encoder.spec.file)?,
+                                onnx::decode(&t.predictor.bytes, &t.predictor.spec.file)?,
+                            ],
+                        );
+                    }
+                }
+            }
+        }
         Ok(Fitter {
             bundle,
             protos,
@@ -345,6 +436,8 @@ impl Fitter {
             quantizer: Quantizer {
                 method: cfg.method,
                 calib,
+                clips,
+                transformed,
             },
         })
     }
@@ -373,6 +466,32 @@ impl Fitter {
                 .replace_graph(m, &g, &onnx::encode(&p), backend, &self.opts)?;
         }
         let q = objectives(&mut self.wm, &self.probe)?;
+        Ok(distortion(&q, &self.reference))
+    }
+
+    /// Measure OmniQuant's transformed graphs with every layer at `s` (its learned clipping),
+    /// then go back to the float graphs.
+    fn measure_transformed(
+        &mut self,
+        backend: &dyn Backend,
+        graphs: [ModelProto; 2],
+        s: Scheme,
+    ) -> Result<(f64, f64)> {
+        let key = format!("{s}+let");
+        for (m, mut p) in graphs.into_iter().enumerate() {
+            for l in onnx::find_linears(&p) {
+                self.quantizer.layer_as(&mut p, m, &l, s, &key)?;
+            }
+            let g = self.graph(m).clone();
+            self.wm
+                .replace_graph(m, &g, &onnx::encode(&p), backend, &self.opts)?;
+        }
+        let q = objectives(&mut self.wm, &self.probe)?;
+        for m in 0..2 {
+            let g = self.graph(m).clone();
+            let float = onnx::encode(&self.protos[m]);
+            self.wm.replace_graph(m, &g, &float, backend, &self.opts)?;
+        }
         Ok(distortion(&q, &self.reference))
     }
 
@@ -426,7 +545,11 @@ impl Fitter {
         let fixed_bytes = all_float.saturating_sub(linear_float);
         let mut uniform = Vec::new();
         for (o, &s) in self.options.clone().iter().enumerate() {
-            let (d, r) = self.measure(backend, &|_, _| s)?;
+            let (d, r) = match self.quantizer.transformed.get(&s.to_string()).cloned() {
+                // OmniQuant's uniform rows: the full method (its transformed graphs).
+                Some(graphs) => self.measure_transformed(backend, graphs, s)?,
+                None => self.measure(backend, &|_, _| s)?,
+            };
             let bytes = fixed_bytes + layers.iter().map(|l| l.bytes[o + 1]).sum::<u64>();
             uniform.push(Measured {
                 name: format!("uniform {s}"),

@@ -9,6 +9,7 @@ pub mod calib;
 pub mod deploy;
 pub mod fit;
 pub mod gptq;
+pub mod omniquant;
 pub mod qdq;
 pub mod scheme;
 pub mod settings;
@@ -66,6 +67,8 @@ pub struct QuantizeConfig {
     pub layer_schemes: std::collections::BTreeMap<String, Scheme>,
     /// GPTQ's settings (used by `--method gptq`).
     pub gptq: gptq::GptqOptions,
+    /// OmniQuant's settings (used by `--method omniquant`).
+    pub omniquant: omniquant::OmniOptions,
 }
 
 impl QuantizeConfig {
@@ -124,6 +127,40 @@ pub(crate) fn calibrate_with(
     hessians: bool,
     taps: [Vec<String>; 2],
 ) -> Result<Calibration> {
+    let tap = run_calibration(
+        bundle,
+        backend,
+        episodes,
+        iters,
+        samples,
+        threads,
+        taps,
+        Box::new(if hessians {
+            Calibration::with_hessians(512)
+        } else {
+            Calibration::new(512)
+        }),
+    )?;
+    Ok(*tap
+        .into_any()
+        .downcast::<Calibration>()
+        .expect("the tap is the Calibration given above"))
+}
+
+/// The calibration run: `episodes` episodes (task seeds 99 n + 2) of `iters` MPC steps, CEM
+/// with `samples` samples, planner seed 7, the float model tapped at `taps` into `tap`, which
+/// comes back.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_calibration(
+    bundle: &Bundle,
+    backend: &dyn Backend,
+    episodes: usize,
+    iters: usize,
+    samples: usize,
+    threads: usize,
+    taps: [Vec<String>; 2],
+    tap: Box<dyn crate::runtime::model::Tap>,
+) -> Result<Box<dyn crate::runtime::model::Tap>> {
     crate::runtime::budget::check_request(
         &bundle.manifest,
         samples,
@@ -136,11 +173,7 @@ pub(crate) fn calibrate_with(
         backend,
         &LoadOptions::with_threads(threads),
         taps,
-        Box::new(if hessians {
-            Calibration::with_hessians(512)
-        } else {
-            Calibration::new(512)
-        }),
+        tap,
     )?;
     let mut env = crate::env::make_env(&bundle.manifest.env)?;
     let cem = Cem::new(samples, (samples / 10).max(1), 10, 1.0)?;
@@ -161,18 +194,15 @@ pub(crate) fn calibrate_with(
             None,
         )?;
     }
-    let tap = ctl
+    Ok(ctl
         .model_mut()
         .take_tap()
-        .expect("tapped model has its tap");
-    Ok(*tap
-        .into_any()
-        .downcast::<Calibration>()
-        .expect("the tap is the Calibration given above"))
+        .expect("tapped model has its tap"))
 }
 
-/// One Linear layer's weight quantizer, shared by `qwm quantize` and `qwm fit`: GPTQ (when
-/// `gptq` is given) on the calibration Hessian of the layer's input, else `observer`'s scales.
+/// One Linear layer's weight quantizer, shared by `qwm quantize` and `qwm fit`: learned clipping
+/// factors (OmniQuant, when `clip` is given), GPTQ (when `gptq` is given) on the calibration
+/// Hessian of the layer's input, else `observer`'s scales.
 /// Returns GPTQ's record when it ran.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quantize_weight(
@@ -184,8 +214,13 @@ pub(crate) fn quantize_weight(
     observer: Observer,
     gptq: Option<&gptq::GptqOptions>,
     calib: Option<&Calibration>,
+    clip: Option<&[f64]>,
 ) -> Result<(weights::QuantWeight, Option<gptq::GptqReport>)> {
     let (k, n) = (layer.k, layer.n);
+    if let Some(clip) = clip {
+        let q = weights::quantize_matrix_clipped(w, k, n, bits, group, clip)?;
+        return Ok((q, None));
+    }
     let Some(opts) = gptq else {
         return Ok((quantize_matrix(w, k, n, bits, group, observer)?, None));
     };
@@ -288,12 +323,21 @@ fn omse_range(st: &TensorStats, lo: f64, hi: f64, bits: u32, s: Option<&[f32]>) 
     (best.1, best.2)
 }
 
+/// OmniQuant's learned clipping factors by (module, MatMul node, scheme), and each module's
+/// training record (of the uniform run).
+#[derive(Default)]
+struct OmniClips {
+    clips: std::collections::BTreeMap<(String, String, String), Vec<f64>>,
+    modules: std::collections::BTreeMap<String, omniquant::OmniModule>,
+}
+
 fn quantize_module(
     proto: &mut tract_onnx::pb::ModelProto,
     module: &str,
     scheme: Scheme,
     cfg: &QuantizeConfig,
     calib: Option<&Calibration>,
+    omni: Option<&OmniClips>,
 ) -> Result<ModuleRecord> {
     let layers = onnx::find_linears(proto);
     let mut records = vec![];
@@ -347,7 +391,7 @@ fn quantize_module(
                 let (_, s, alpha) = best.expect("grid is not empty");
                 migration = Some((s, alpha));
             }
-            Method::Rtn | Method::Omse | Method::Gptq => {}
+            Method::Rtn | Method::Omse | Method::Gptq | Method::Omniquant => {}
         }
         let mut folded = None;
         let mut act_layer = layer.clone();
@@ -365,6 +409,20 @@ fn quantize_module(
         };
         let named = |e: QwmError| QwmError::Usage(format!("{module} {}: {}", layer.node, rel(e)));
         let gptq = (cfg.method == Method::Gptq).then_some(&cfg.gptq);
+        let clip = match omni {
+            None => None,
+            Some(o) => Some(
+                o.clips
+                    .get(&(module.to_string(), layer.node.clone(), scheme.to_string()))
+                    .ok_or_else(|| {
+                        QwmError::Usage(format!(
+                            "OmniQuant's training step learned no clipping for {module} {} at {scheme}",
+                            layer.node
+                        ))
+                    })?
+                    .as_slice(),
+            ),
+        };
         let (q, gptq_record) = quantize_weight(
             &w,
             module,
@@ -374,8 +432,17 @@ fn quantize_module(
             observer,
             gptq,
             calib,
+            clip,
         )
         .map_err(named)?;
+        let omni_record = clip.map(|c| crate::bundle::record::OmniLayerRecord {
+            clip_range: c.iter().fold([f64::INFINITY, f64::NEG_INFINITY], |r, v| {
+                [r[0].min(*v), r[1].max(*v)]
+            }),
+            transform: omni
+                .and_then(|o| o.modules.get(module))
+                .and_then(|m| m.transform_of(&layer.node)),
+        });
         let scale_range = q
             .scales
             .iter()
@@ -438,6 +505,7 @@ fn quantize_module(
         }
         records.push(LayerRecord {
             node: layer.node.clone(),
+            omniquant: omni_record,
             shape: [k, n],
             weight_bits: wbits,
             group: scheme.group,
@@ -458,6 +526,9 @@ fn quantize_module(
             module_scheme.to_string()
         },
         method: Some(cfg.method),
+        omniquant: omni
+            .and_then(|o| o.modules.get(module))
+            .map(|m| m.record(cfg.omniquant.epochs)),
         form: Some(cfg.form),
         accuracy_level: (cfg.form == Form::Deploy && cfg.accuracy_level != 0)
             .then_some(cfg.accuracy_level),
@@ -487,6 +558,9 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
             cfg.gptq.damp
         )));
     }
+    if cfg.method == Method::Omniquant {
+        cfg.omniquant.check()?;
+    }
     if cfg.calib_episodes == 0 || cfg.calib_iters == 0 || cfg.calib_samples < 2 {
         return Err(QwmError::Usage(
             "--calib-episodes and --calib-iters must be at least 1, --calib-samples at least 2"
@@ -508,6 +582,18 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
             "is already quantized: quantize the float bundle",
         ));
     }
+    let schemes = [cfg.encoder, cfg.predictor];
+    // OmniQuant: train, then quantize the transformed float bundle with the learned clipping.
+    let (_work, omni, bundle) = if cfg.method == Method::Omniquant {
+        let (work, omni, transformed) = omniquant_step(&bundle, backend, cfg, schemes)?;
+        let b = match transformed {
+            Some(dir) => Bundle::open(&dir)?,
+            None => bundle,
+        };
+        (Some(work), Some(omni), b)
+    } else {
+        (None, None, bundle)
+    };
     let mut protos = [
         onnx::decode(&bundle.encoder.bytes, &bundle.encoder.spec.file)?,
         onnx::decode(&bundle.predictor.bytes, &bundle.predictor.spec.file)?,
@@ -515,7 +601,6 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
     for (p, g) in protos.iter().zip([&bundle.encoder, &bundle.predictor]) {
         onnx::check_initializers(p, &g.spec.file, true)?;
     }
-    let schemes = [cfg.encoder, cfg.predictor];
     let needs_calib = cfg.method == Method::Awq
         || cfg.method == Method::Smoothquant
         || cfg.method == Method::Gptq
@@ -571,7 +656,14 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
         let rec = if !cfg.quantizes(module, scheme) {
             ModuleRecord::float()
         } else {
-            quantize_module(&mut protos[i], module, scheme, cfg, calib.as_ref())?
+            quantize_module(
+                &mut protos[i],
+                module,
+                scheme,
+                cfg,
+                calib.as_ref(),
+                omni.as_ref(),
+            )?
         };
         match role {
             Role::Encoder => record.encoder = rec,
@@ -593,6 +685,75 @@ pub fn quantize_bundle(cfg: &QuantizeConfig, backend: &dyn Backend) -> Result<Ma
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
     write_atomic(&cfg.out.join("manifest.json"), text.as_bytes())?;
     Ok(manifest)
+}
+
+/// Run OmniQuant's training step for every scheme the layers take: one run with the module
+/// schemes (its transformed float bundle is returned), or, with per-layer schemes (`qwm fit`),
+/// one clipping-only run per distinct scheme (the float graph then stays as it is, so clipping
+/// factors learned at different schemes compose).
+fn omniquant_step(
+    bundle: &Bundle,
+    backend: &dyn Backend,
+    cfg: &QuantizeConfig,
+    schemes: [Scheme; 2],
+) -> Result<(tempfile::TempDir, OmniClips, Option<PathBuf>)> {
+    let modules = ["encoder", "predictor"];
+    // Distinct non-float schemes per module.
+    let mut per_module: [Vec<Scheme>; 2] = [vec![], vec![]];
+    let protos = [
+        onnx::decode(&bundle.encoder.bytes, &bundle.encoder.spec.file)?,
+        onnx::decode(&bundle.predictor.bytes, &bundle.predictor.spec.file)?,
+    ];
+    for m in 0..2 {
+        for l in onnx::find_linears(&protos[m]) {
+            let s = cfg.layer_scheme(modules[m], &l.node, schemes[m]);
+            if !s.is_float() && !per_module[m].contains(&s) {
+                per_module[m].push(s);
+            }
+        }
+    }
+    let mixed = per_module.iter().any(|v| v.len() > 1);
+    if mixed && cfg.omniquant.learn_let {
+        return Err(QwmError::Usage(
+            "--method omniquant with per-layer schemes needs --omni-no-let (equivalent transformations trained at one scheme change the float graph every other scheme would be trained on)".into(),
+        ));
+    }
+    let work = tempfile::Builder::new()
+        .prefix("qwm-omniquant-")
+        .tempdir()
+        .map_err(|e| QwmError::io(std::env::temp_dir(), e))?;
+    let mut clips = OmniClips::default();
+    let mut transformed = None;
+    let runs = per_module.iter().map(Vec::len).max().unwrap_or(0);
+    for r in 0..runs {
+        let run = [0, 1].map(|m| per_module[m].get(r).copied().unwrap_or(Scheme::FLOAT));
+        let dir = work.path().join(format!("run{r}"));
+        std::fs::create_dir_all(&dir).map_err(|e| QwmError::io(&dir, e))?;
+        let p = omniquant::prepare(
+            bundle,
+            backend,
+            run,
+            (cfg.calib_episodes, cfg.calib_iters, cfg.calib_samples),
+            cfg.threads,
+            &cfg.omniquant,
+            &dir,
+        )?;
+        for (m, res) in &p.result.modules {
+            for (node, l) in &res.layers {
+                clips.clips.insert(
+                    (m.clone(), node.clone(), res.scheme.clone()),
+                    l.clip.clone(),
+                );
+            }
+            if !mixed {
+                clips.modules.insert(m.clone(), res.clone());
+            }
+        }
+        if !mixed {
+            transformed = Some(p.bundle);
+        }
+    }
+    Ok((work, clips, transformed))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

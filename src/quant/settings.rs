@@ -62,12 +62,53 @@ pub struct QuantizeArgs {
     /// take every group's scale from the weights before any error feedback).
     #[arg(long)]
     pub gptq_act_order: bool,
+    /// OmniQuant: epochs over the calibration samples per block.
+    #[arg(long, default_value_t = 20)]
+    pub omni_epochs: usize,
+    /// OmniQuant: AdamW learning rate of the clipping factors' logits.
+    #[arg(long, default_value_t = 5e-2, allow_hyphen_values = true)]
+    pub omni_lwc_lr: f64,
+    /// OmniQuant: AdamW learning rate of the equivalent transformations.
+    #[arg(long, default_value_t = 5e-3, allow_hyphen_values = true)]
+    pub omni_let_lr: f64,
+    /// OmniQuant: learn the clipping only (no equivalent transformations; needed with per-layer
+    /// schemes).
+    #[arg(long)]
+    pub omni_no_let: bool,
+    /// OmniQuant: calibration samples per optimizer step.
+    #[arg(long, default_value_t = 4)]
+    pub omni_batch: usize,
+    /// OmniQuant: graph calls' batch items recorded per module during calibration (a seeded
+    /// uniform subsample), the training set.
+    #[arg(long, default_value_t = 128)]
+    pub omni_samples: usize,
+    /// OmniQuant: seed of the recorded subsample and of the training step.
+    #[arg(long, default_value_t = 0)]
+    pub omni_seed: u64,
+    /// OmniQuant: Python interpreter with PyTorch that runs the training step (default:
+    /// $QWM_PYTHON, else python3).
+    #[arg(long)]
+    pub omni_python: Option<PathBuf>,
     /// Worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
 }
 
 impl QuantizeArgs {
+    /// OmniQuant's settings from these flags.
+    pub fn omni_options(&self) -> crate::quant::omniquant::OmniOptions {
+        crate::quant::omniquant::OmniOptions {
+            epochs: self.omni_epochs,
+            lwc_lr: self.omni_lwc_lr,
+            let_lr: self.omni_let_lr,
+            learn_let: !self.omni_no_let,
+            batch: self.omni_batch,
+            samples: self.omni_samples,
+            python: self.omni_python.clone(),
+            seed: self.omni_seed,
+        }
+    }
+
     /// `qwm quantize --model MODEL --out OUT` with every other flag at its default.
     pub fn with_defaults(model: PathBuf, out: PathBuf) -> QuantizeArgs {
         #[derive(clap::Parser)]
@@ -104,9 +145,21 @@ impl QuantizeArgs {
         flag("calib-samples", self.calib_samples.to_string().into());
         flag("smooth-alpha", self.smooth_alpha.to_string().into());
         flag("gptq-damp", self.gptq_damp.to_string().into());
+        flag("omni-epochs", self.omni_epochs.to_string().into());
+        flag("omni-lwc-lr", self.omni_lwc_lr.to_string().into());
+        flag("omni-let-lr", self.omni_let_lr.to_string().into());
+        flag("omni-batch", self.omni_batch.to_string().into());
+        flag("omni-samples", self.omni_samples.to_string().into());
+        flag("omni-seed", self.omni_seed.to_string().into());
+        if let Some(p) = &self.omni_python {
+            flag("omni-python", p.clone().into());
+        }
 
         if let Some(t) = self.threads {
             flag("threads", t.to_string().into());
+        }
+        if self.omni_no_let {
+            v.push("--omni-no-let".into());
         }
         if self.gptq_act_order {
             v.push("--gptq-act-order".into());
@@ -151,6 +204,14 @@ mod tests {
             smooth_alpha: 0.25,
             gptq_damp: 0.1,
             gptq_act_order: true,
+            omni_epochs: 3,
+            omni_lwc_lr: 0.5,
+            omni_let_lr: 0.25,
+            omni_no_let: true,
+            omni_batch: 2,
+            omni_samples: 16,
+            omni_seed: 9,
+            omni_python: Some("/usr/bin/python3".into()),
             threads: Some(2),
             ..d
         };

@@ -86,6 +86,68 @@ pub fn quantize_matrix(
     group: Option<usize>,
     obs: Observer,
 ) -> Result<QuantWeight> {
+    quantize_blocks(w, k, n, bits, group, &|_, block, absmax| match obs {
+        Observer::Rtn => scale_for(absmax, bits),
+        Observer::Omse => omse_scale(block, absmax, bits),
+    })
+}
+
+/// Quantize a `[K, N]` matrix with given clipping factors, one per scale block (`[groups, N]`,
+/// each in (0, 1]): a block's scale is that of `clip * absmax` (OmniQuant's learned clipping).
+pub fn quantize_matrix_clipped(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bits: u32,
+    group: Option<usize>,
+    clip: &[f64],
+) -> Result<QuantWeight> {
+    let blocks = k.div_ceil(group.unwrap_or(k).clamp(1, k.max(1)));
+    if clip.len() != blocks * n {
+        return Err(QwmError::Usage(format!(
+            "{} clipping factors for a {k} x {n} weight in {blocks} block(s) per column (expected {})",
+            clip.len(),
+            blocks * n
+        )));
+    }
+    if let Some(c) = clip
+        .iter()
+        .find(|c| !(c.is_finite() && **c > 0.0 && **c <= 1.0))
+    {
+        return Err(QwmError::Numeric(format!(
+            "clipping factor {c} is not in (0, 1]"
+        )));
+    }
+    quantize_blocks(w, k, n, bits, group, &|i, _, absmax| {
+        scale_for(absmax * clip[i], bits)
+    })
+}
+
+fn omse_scale(block: &[f64], absmax: f64, bits: u32) -> f64 {
+    let mut best = (f64::INFINITY, scale_for(absmax, bits));
+    for i in 0..=100 {
+        let ratio = 0.35 + 0.65 * i as f64 / 100.0;
+        let s = scale_for(absmax * ratio, bits);
+        let err: f64 = block
+            .iter()
+            .map(|v| (v - quantize(*v, s, bits) * s).powi(2))
+            .sum();
+        if err < best.0 {
+            best = (err, s);
+        }
+    }
+    best.1
+}
+
+/// The block loop: `scale(block index b * n + c, values, absmax)` picks each block's scale.
+fn quantize_blocks(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bits: u32,
+    group: Option<usize>,
+    scale_of: &dyn Fn(usize, &[f64], f64) -> f64,
+) -> Result<QuantWeight> {
     if w.len() != k * n || k == 0 || n == 0 {
         return Err(QwmError::Usage(format!(
             "weight of {} values is not {k} x {n}",
@@ -114,24 +176,7 @@ pub fn quantize_matrix(
             block.clear();
             block.extend((0..rows).map(|r| w[(b * rows_per + r) * n + c] as f64));
             let absmax = block.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let scale = match obs {
-                Observer::Rtn => scale_for(absmax, bits),
-                Observer::Omse => {
-                    let mut best = (f64::INFINITY, scale_for(absmax, bits));
-                    for i in 0..=100 {
-                        let ratio = 0.35 + 0.65 * i as f64 / 100.0;
-                        let s = scale_for(absmax * ratio, bits);
-                        let err: f64 = block
-                            .iter()
-                            .map(|v| (v - quantize(*v, s, bits) * s).powi(2))
-                            .sum();
-                        if err < best.0 {
-                            best = (err, s);
-                        }
-                    }
-                    best.1
-                }
-            };
+            let scale = scale_of(b * n + c, &block, absmax);
             // Codes follow the exact (f64) scale, so the block's absmax lands exactly on
             // (qmax - qmin) / 2 and rounds half to even as the semantics say; the scale is stored
             // as f32 (a relative difference below 1e-7).
@@ -204,6 +249,46 @@ mod tests {
                     .sum::<f64>()
             };
             assert!(e(&o) <= e(&r) * (1.0 + 1e-9), "bits {bits}");
+        }
+    }
+
+    #[test]
+    fn clipped_blocks_match_a_float64_reference_and_clip_one_is_rtn() {
+        let (k, n) = (10usize, 3usize);
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 37 % 23) as f32 / 11.0 - 1.0) * 0.7)
+            .collect();
+        for group in [None, Some(4)] {
+            let blocks = k.div_ceil(group.unwrap_or(k));
+            let clip: Vec<f64> = (0..blocks * n).map(|i| 0.4 + 0.05 * i as f64).collect();
+            let q = quantize_matrix_clipped(&w, k, n, 3, group, &clip).unwrap();
+            let rows = group.unwrap_or(k);
+            for c in 0..n {
+                for b in 0..blocks {
+                    let r: Vec<usize> = (b * rows..((b + 1) * rows).min(k)).collect();
+                    let absmax = r
+                        .iter()
+                        .fold(0f64, |m, &i| m.max((w[i * n + c] as f64).abs()));
+                    // Reference: scale of clip * absmax over (qmax - qmin) / 2 = 3.5 at 3 bits.
+                    let scale = clip[b * n + c] * absmax / 3.5;
+                    for &i in &r {
+                        let code = (w[i * n + c] as f64 / scale)
+                            .round_ties_even()
+                            .clamp(-4.0, 3.0);
+                        assert_eq!(q.codes[i * n + c] as f64, code, "row {i} col {c}");
+                    }
+                    assert_eq!(q.scales[b * n + c], scale as f32);
+                }
+            }
+            let ones = vec![1.0; blocks * n];
+            assert_eq!(
+                quantize_matrix_clipped(&w, k, n, 3, group, &ones).unwrap(),
+                quantize_matrix(&w, k, n, 3, group, Observer::Rtn).unwrap()
+            );
+            assert!(quantize_matrix_clipped(&w, k, n, 3, group, &ones[1..]).is_err());
+            let mut bad = ones.clone();
+            bad[0] = 1.5;
+            assert!(quantize_matrix_clipped(&w, k, n, 3, group, &bad).is_err());
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct ModelTimers {
 pub trait Tap: Send {
     /// One observed tensor, named `module:tensor`, with `channels` values per row.
     fn observe(&mut self, name: &str, data: &[f32], channels: usize);
+    /// The inputs of one graph call (`module` 0 encoder, 1 predictor), before it runs; every
+    /// input's first axis is the batch. Most taps ignore them (OmniQuant records them).
+    fn inputs(&mut self, _module: usize, _inputs: &[(&str, TensorRef)]) {}
     /// The tap itself, for the caller that made it to take back its concrete type.
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
 }
@@ -269,8 +272,7 @@ impl WorldModel {
             pix.extend(self.preprocess(f)?);
             pr.extend(self.normalize_proprio(p)?);
         }
-        let t0 = Instant::now();
-        let mut out = self.encoder.run(&[
+        let inputs = [
             (
                 "pixels",
                 TensorRef {
@@ -285,7 +287,12 @@ impl WorldModel {
                     data: &pr,
                 },
             ),
-        ])?;
+        ];
+        if let Some(t) = self.tap.as_mut() {
+            t.inputs(0, &inputs);
+        }
+        let t0 = Instant::now();
+        let mut out = self.encoder.run(&inputs)?;
         self.timers.encode += t0.elapsed();
         self.absorb_taps(0, &mut out);
         let m = &self.manifest;
@@ -385,8 +392,7 @@ impl WorldModel {
                     }
                 }
             }
-            let t0 = Instant::now();
-            let mut out = self.predictor.run(&[
+            let inputs = [
                 (
                     "visual",
                     TensorRef {
@@ -408,7 +414,12 @@ impl WorldModel {
                         data: &in_a,
                     },
                 ),
-            ])?;
+            ];
+            if let Some(t) = self.tap.as_mut() {
+                t.inputs(1, &inputs);
+            }
+            let t0 = Instant::now();
+            let mut out = self.predictor.run(&inputs)?;
             self.timers.predict += t0.elapsed();
             self.timers.predict_calls += 1;
             self.absorb_taps(1, &mut out);

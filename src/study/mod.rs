@@ -76,7 +76,7 @@ pub struct GridSpec {
     /// A label for the table (documentation only).
     #[serde(default)]
     pub name: Option<String>,
-    /// Methods (rtn, omse, awq, smoothquant).
+    /// Methods (rtn, omse, awq, smoothquant, gptq, omniquant).
     #[serde(default = "default_methods")]
     pub methods: Vec<Method>,
     /// Schemes (`float` or `w<bits>[a<bits>][-g<size>][-token]`).
@@ -202,6 +202,7 @@ pub fn method_name(m: Method) -> &'static str {
         Method::Awq => "awq",
         Method::Smoothquant => "smoothquant",
         Method::Gptq => "gptq",
+        Method::Omniquant => "omniquant",
     }
 }
 
