@@ -197,6 +197,10 @@ pub struct OmniModuleRecord {
     pub epochs: usize,
     /// Largest relative change of the float outputs the learned transform makes (float64).
     pub equivalence_error: f64,
+    /// Whether equivalent transformations were learned (else clipping only).
+    pub learn_let: bool,
+    /// Where the clipping factors started (`omse` or `paper`).
+    pub lwc_init: String,
     /// Calibration samples (recorded graph calls' batch items).
     pub samples: usize,
 }

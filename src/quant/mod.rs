@@ -528,7 +528,7 @@ fn quantize_module(
         method: Some(cfg.method),
         omniquant: omni
             .and_then(|o| o.modules.get(module))
-            .map(|m| m.record(cfg.omniquant.epochs)),
+            .map(|m| m.record(&cfg.omniquant)),
         form: Some(cfg.form),
         accuracy_level: (cfg.form == Form::Deploy && cfg.accuracy_level != 0)
             .then_some(cfg.accuracy_level),

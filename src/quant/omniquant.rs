@@ -27,6 +27,27 @@ pub const SCRIPT: &str = include_str!("../../models/omniquant.py");
 /// The packages the training step needs (the versions CI installs from models/requirements.txt).
 pub const REQUIREMENTS: &str = "torch==2.15.0 onnx==1.23.2 numpy";
 
+/// Where OmniQuant's clipping factors start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LwcInit {
+    /// Each scale block's MSE-optimal clipping ratio (OMSE's search, on the weights as the
+    /// equivalent transformation starts them).
+    Omse,
+    /// 0.982 everywhere (`sigmoid(4)`, the paper's start).
+    Paper,
+}
+
+impl LwcInit {
+    /// The name the training step takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            LwcInit::Omse => "omse",
+            LwcInit::Paper => "paper",
+        }
+    }
+}
+
 /// OmniQuant's settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OmniOptions {
@@ -38,6 +59,8 @@ pub struct OmniOptions {
     pub let_lr: f64,
     /// Learn equivalent transformations (else clipping only).
     pub learn_let: bool,
+    /// Where the clipping factors start.
+    pub lwc_init: LwcInit,
     /// Calibration samples per optimizer step.
     pub batch: usize,
     /// Graph calls' batch items kept per module (a seeded uniform subsample of the run).
@@ -55,6 +78,7 @@ impl Default for OmniOptions {
             lwc_lr: 5e-2,
             let_lr: 5e-3,
             learn_let: true,
+            lwc_init: LwcInit::Omse,
             batch: 4,
             samples: 128,
             python: None,
@@ -293,7 +317,7 @@ pub struct OmniTransform {
 
 impl OmniModule {
     /// The record written into the manifest.
-    pub fn record(&self, epochs: usize) -> OmniModuleRecord {
+    pub fn record(&self, opts: &OmniOptions) -> OmniModuleRecord {
         OmniModuleRecord {
             blocks: self
                 .blocks
@@ -304,8 +328,10 @@ impl OmniModule {
                     loss_rtn: b.loss_rtn,
                 })
                 .collect(),
-            epochs,
+            epochs: opts.epochs,
             equivalence_error: self.equivalence_error,
+            learn_let: opts.learn_let,
+            lwc_init: opts.lwc_init.name().into(),
             samples: self.samples,
         }
     }
@@ -442,6 +468,8 @@ pub fn prepare(
             .arg(opts.let_lr.to_string())
             .arg("--batch")
             .arg(opts.batch.to_string())
+            .arg("--lwc-init")
+            .arg(opts.lwc_init.name())
             .arg("--seed")
             .arg(opts.seed.to_string())
             .arg("--threads")

@@ -75,6 +75,10 @@ pub struct QuantizeArgs {
     /// schemes).
     #[arg(long)]
     pub omni_no_let: bool,
+    /// OmniQuant: where the clipping factors start: `omse` (each block's MSE-optimal ratio) or
+    /// `paper` (0.982 everywhere).
+    #[arg(long, value_enum, default_value_t = crate::quant::omniquant::LwcInit::Omse)]
+    pub omni_lwc_init: crate::quant::omniquant::LwcInit,
     /// OmniQuant: calibration samples per optimizer step.
     #[arg(long, default_value_t = 4)]
     pub omni_batch: usize,
@@ -102,6 +106,7 @@ impl QuantizeArgs {
             lwc_lr: self.omni_lwc_lr,
             let_lr: self.omni_let_lr,
             learn_let: !self.omni_no_let,
+            lwc_init: self.omni_lwc_init,
             batch: self.omni_batch,
             samples: self.omni_samples,
             python: self.omni_python.clone(),
@@ -149,6 +154,7 @@ impl QuantizeArgs {
         flag("omni-lwc-lr", self.omni_lwc_lr.to_string().into());
         flag("omni-let-lr", self.omni_let_lr.to_string().into());
         flag("omni-batch", self.omni_batch.to_string().into());
+        flag("omni-lwc-init", self.omni_lwc_init.name().into());
         flag("omni-samples", self.omni_samples.to_string().into());
         flag("omni-seed", self.omni_seed.to_string().into());
         if let Some(p) = &self.omni_python {
@@ -209,6 +215,7 @@ mod tests {
             omni_let_lr: 0.25,
             omni_no_let: true,
             omni_batch: 2,
+            omni_lwc_init: crate::quant::omniquant::LwcInit::Paper,
             omni_samples: 16,
             omni_seed: 9,
             omni_python: Some("/usr/bin/python3".into()),
