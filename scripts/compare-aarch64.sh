@@ -5,6 +5,8 @@
 # distances within 0.5 px (kernels differ between architectures, so values differ in the last bits
 # and CEM may rank near-ties differently).
 #   scripts/compare-aarch64.sh [EPISODES=2]
+# X86_EXTRA and ARM_EXTRA add arguments to each side's plan (scripts/qemu-ort.sh: --backend ort
+# with each architecture's library); ARM_RUNNER replaces the qemu command line.
 # The budget is small on purpose: under qemu the aarch64 build plans about 100x slower than native
 # (measured: 121 s per MPC step at 100 samples x 4 opt steps, against 1.1 s native).
 set -euo pipefail
@@ -15,9 +17,12 @@ ARM=${ARM_QWM:-target/xc/aarch64-unknown-linux-gnu/release/qwm}
 [ -x "$X86" ] || cargo build --release --bin qwm
 ARGS=(plan --episodes "$EPISODES" --samples 60 --topk 6 --opt-steps 2 --max-iter 1 --threads 2)
 out=$(mktemp -d)
-"$X86" "${ARGS[@]}" --json "$out/x86.json" > "$out/x86.txt"
+read -r -a X86_MORE <<< "${X86_EXTRA:-}"
+read -r -a ARM_MORE <<< "${ARM_EXTRA:-}"
+read -r -a RUNNER <<< "${ARM_RUNNER:-qemu-aarch64 -cpu ${QEMU_CPU:-cortex-a76}}"
+"$X86" "${ARGS[@]}" "${X86_MORE[@]}" --json "$out/x86.json" > "$out/x86.txt"
 t0=$(date +%s.%N)
-QEMU_CPU=${QEMU_CPU:-cortex-a76} qemu-aarch64 "$ARM" "${ARGS[@]}" --json "$out/arm.json" > "$out/arm.txt"
+"${RUNNER[@]}" "$ARM" "${ARGS[@]}" "${ARM_MORE[@]}" --json "$out/arm.json" > "$out/arm.txt"
 t1=$(date +%s.%N)
 cat "$out/arm.txt"
 echo "aarch64 run under qemu: $(awk "BEGIN{print $t1 - $t0}") s"

@@ -130,7 +130,79 @@ def bench_isa():
     return "\n".join(out)
 
 
-RENDER = {"fit_methods": fit_methods, "arm_insn": arm_insn, "bench_isa": bench_isa}
+def short_fn(name):
+    """A function's symbol without generic arguments, in its last path segments
+    (`<T as Trait>::f` as `T::f`)."""
+    m = re.match(r"^<([^<>]*?) as .*>::([A-Za-z0-9_{}:]+)$", name)
+    if m:
+        name = m.group(1) + "::" + m.group(2)
+    depth, out = 0, []
+    for ch in name:
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    parts = [x for x in "".join(out).split("::") if x]
+    return "::".join(parts[-3:]) if parts else name
+
+
+def arm_profile():
+    """Executed aarch64 instructions per function (scripts/arm-profile.py)."""
+    r = load("results/arm_profile.json")
+    profs = r["profiles"]
+    label = ["float" if p["model"].rstrip("/") == "models/wall" else os.path.basename(p["model"].rstrip("/")) + " deploy"
+             for p in profs]
+    totals = [p["insns_per_call"] for p in profs]
+    names = []
+    for p in profs:
+        for f in p["functions"][:12]:
+            if f["name"] not in names:
+                names.append(f["name"])
+    per = [{f["name"]: f["insns"] for f in p["functions"]} for p in profs]
+    names.sort(key=lambda n: -max(d.get(n, 0) for d in per))
+    head = [f"{lab} ({p['graph']}, batch {p['batch']}, {p['cpu']})" for lab, p in zip(label, profs)]
+    out = [
+        "Where one call's executed instructions go (millions, share of the call), from "
+        "`results/arm_profile.json` (" + r["method"] + "); the rest of each call is spread over "
+        "smaller functions:",
+        "",
+        "| function | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(profs),
+        "| whole call | " + " | ".join(f"{t / 1e6:.1f}" for t in totals) + " |",
+    ]
+    for n in names:
+        vals = []
+        for d, t in zip(per, totals):
+            v = d.get(n)
+            vals.append("-" if v is None or v < 0.005 * t else f"{v / 1e6:.1f} ({100 * v / t:.0f}%)")
+        out.append(f"| `{short_fn(n)}` | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+def dist_size():
+    """The aarch64 board binary's size (scripts/dist-size.sh)."""
+    r = load("results/aarch64_build.json")
+    return (f"The board binary ({r['dist_what']}) is "
+            f"{r['qwm_dist_bytes'] / 1e6:.1f} MB; the release build's stripped binary "
+            f"{r['qwm_stripped_bytes'] / 1e6:.1f} MB and the C example linked against `libqwmc.a` "
+            f"{r['c_example_episode_bytes'] / 1e6:.1f} MB unstripped (`results/aarch64_build.json`)."
+            + dist_cost(r))
+
+
+def dist_cost(r):
+    """What building the dependencies for size costs in executed instructions."""
+    c = r.get("dist_vs_release_insns")
+    if not c:
+        return ""
+    parts = [f"{k} {v['dist'] / v['release']:.2f}x" for k, v in c.items() if k != "method"]
+    return (" Building dependencies for size costs the board binary executed instructions, against the "
+            "release build (" + c["method"] + "): " + ", ".join(parts) + ".")
+
+
+RENDER = {"fit_methods": fit_methods, "arm_insn": arm_insn, "bench_isa": bench_isa,
+          "arm_profile": arm_profile, "dist_size": dist_size}
 
 
 def main():

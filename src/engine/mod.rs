@@ -78,6 +78,9 @@ pub struct Tuning {
     pub tract_int8: bool,
     /// tract: fuse attention chains into qwm's attention operator (`QWM_TRACT_ATTENTION=off`).
     pub tract_attention: bool,
+    /// tract: import ONNX LayerNormalization as qwm's one-pass operator
+    /// (`QWM_TRACT_LAYERNORM=off`: tract's expansion).
+    pub tract_layer_norm: bool,
     /// tract: one plan per batch size instead of one symbolic plan (`QWM_TRACT_PLAN=per-size`).
     pub per_size_plans: bool,
     /// tract: fixed batch rows per tile (`QWM_TRACT_TILE=N`), unless [`LoadOptions::tile_rows`].
@@ -91,6 +94,7 @@ impl Default for Tuning {
         Tuning {
             tract_int8: true,
             tract_attention: true,
+            tract_layer_norm: true,
             per_size_plans: false,
             tile_rows: None,
             ort_fusion: true,
@@ -107,6 +111,7 @@ impl Tuning {
         Tuning {
             tract_int8: !off("QWM_TRACT_INT8", "tract"),
             tract_attention: !off("QWM_TRACT_ATTENTION", "tract"),
+            tract_layer_norm: !off("QWM_TRACT_LAYERNORM", "tract"),
             per_size_plans: var("QWM_TRACT_PLAN").as_deref() == Some("per-size"),
             tile_rows: var("QWM_TRACT_TILE").and_then(|v| v.parse::<usize>().ok()),
             ort_fusion: !off("QWM_ORT_FUSE", "off"),

@@ -5,3 +5,4 @@
 pub mod attention;
 pub mod int8_gemm;
 pub mod isa;
+pub mod layer_norm;

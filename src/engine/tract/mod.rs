@@ -15,6 +15,7 @@
 
 pub mod attention;
 pub mod int8;
+pub mod layer_norm;
 pub mod linear;
 pub mod nbits;
 
@@ -153,12 +154,16 @@ impl Backend for TractBackend {
 }
 
 /// tract's ONNX importer with qwm's operators registered (MatMulNBits kept packed: see
-/// [`crate::engine::tract::nbits`]).
-fn onnx() -> tract_onnx::Onnx {
+/// [`crate::engine::tract::nbits`]; LayerNormalization as one operator unless `tuning` says
+/// otherwise: [`crate::engine::tract::layer_norm`]).
+fn onnx(tuning: &Tuning) -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     crate::engine::tract::nbits::register(&mut onnx);
     crate::engine::tract::int8::register(&mut onnx);
     crate::engine::tract::attention::register(&mut onnx);
+    if tuning.tract_layer_norm {
+        crate::engine::tract::layer_norm::register(&mut onnx.op_register);
+    }
     onnx
 }
 
@@ -188,7 +193,7 @@ fn import(bytes: &Arc<memmap2::Mmap>, name: &str, tuning: &Tuning) -> Result<Inf
         0
     };
     log::debug!("{name}: {fused} int8 linear chains and {attention} attention blocks fused");
-    let mut onnx = onnx();
+    let mut onnx = onnx(tuning);
     onnx.provider = Arc::new(crate::onnx::external_data::MappedResolver {
         bytes: bytes.clone(),
     });
