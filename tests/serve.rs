@@ -327,10 +327,7 @@ fn one_client_at_a_time_the_next_waits() {
     let mut b = UnixStream::connect(&server.sock).unwrap();
     b.write_all(&message(&json!({"op": "hello", "id": "b"}), &[]))
         .unwrap();
-    b.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let waited = b.read(&mut byte);
+    let waited = read_for(&mut b, Duration::from_millis(500));
     assert!(
         matches!(&waited, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the second client is not served while the first is connected: {waited:?}"
@@ -404,4 +401,24 @@ fn the_socket_path_is_never_taken_over() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("a server answers"));
     let _ = common::root();
+}
+
+/// One byte from `s` within `wait`, or the read's error (`WouldBlock` when nothing came). A read
+/// interrupted before the deadline is retried: a socket read with a timeout fails with EINTR
+/// whenever the process is stopped and resumed (signal(7)), which the machine running the tests
+/// may do at any time; it says nothing about the server.
+fn read_for(s: &mut UnixStream, wait: Duration) -> std::io::Result<usize> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut byte = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
