@@ -6,10 +6,7 @@
 # Run scripts/cross-aarch64.sh first (it installs the Debian toolchain this uses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRIPLE=aarch64-unknown-linux-gnu
-export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/xc}
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+. scripts/xc-env.sh
 BIN=$(/usr/bin/cargo test --release --target $TRIPLE --lib --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json, sys
 for line in sys.stdin:

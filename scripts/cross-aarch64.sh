@@ -9,7 +9,6 @@
 # With Docker, cross-rs works too: CROSS_CONFIG=cross.toml cross build --release --target aarch64-unknown-linux-gnu
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRIPLE=aarch64-unknown-linux-gnu
 need=()
 for p in rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
@@ -20,9 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/xc}
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+. scripts/xc-env.sh
 # Plain qemu-aarch64 (no -L): with -L, threaded binaries hang (two glibc builds get mixed).
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
 export QEMU_CPU=${QEMU_CPU:-cortex-a76}

@@ -7,10 +7,7 @@
 # --record it only builds and prints the size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRIPLE=aarch64-unknown-linux-gnu
-export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/xc}
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+. scripts/xc-env.sh
 t0=$(date +%s)
 /usr/bin/cargo build --profile dist --target $TRIPLE --bin qwm
 t1=$(date +%s)

@@ -12,11 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPISODES=${1:-1}
-TRIPLE=aarch64-unknown-linux-gnu
 CPU=${QEMU_CPU:-cortex-a76}
-export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/xc}
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+. scripts/xc-env.sh
 PY=${PYTHON:-.venv/bin/python}
 ORT_VERSION=$("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)')
 WORK=$CARGO_TARGET_DIR/ort-aarch64
@@ -43,12 +40,9 @@ PY
 fi
 X86_LIB=$("$PY" -c 'import onnxruntime, os, glob; d = os.path.join(os.path.dirname(onnxruntime.__file__), "capi"); print(sorted(glob.glob(os.path.join(d, "libonnxruntime.so*")))[-1])')
 
-# The shim and the CPU it describes.
-aarch64-linux-gnu-gcc -O2 -Wall -Wextra -Werror -shared -fPIC scripts/qemu-cpu/cpu_shim.c \
-    -o "$WORK/cpu_shim.so" -ldl
-python3 scripts/qemu-cpu/fake_cpu.py --cpu "$CPU" --cpus "$(nproc)" --out "$WORK/cpu-$CPU"
-RUN=(qemu-aarch64 -cpu "$CPU" -E "LD_PRELOAD=$WORK/cpu_shim.so" -E "QWM_FAKE_CPU_ROOT=$WORK/cpu-$CPU"
-     -E "ORT_DYLIB_PATH=$ARM_LIB")
+# The shim and the CPU it describes (as many cores as this machine has).
+mapfile -t BOARD < <(python3 scripts/qemu-cpu/board.py "$CPU" "$WORK" "$(nproc)")
+RUN=(qemu-aarch64 -cpu "$CPU" "${BOARD[@]}" -E "ORT_DYLIB_PATH=$ARM_LIB")
 
 # The ONNX Runtime parity tests (tests/ort_backend.rs) on aarch64: the ones that run in-process
 # (qemu-user cannot start the aarch64 qwm binary from inside an emulated test, and the bench test

@@ -62,52 +62,41 @@ static void *next(const char *name) {
         }                                                     \
     } while (0)
 
-int open(const char *path, int flags, ...) {
-    static int (*real)(const char *, int, ...);
-    mode_t mode = 0;
-    char buf[4096];
-    MODE_ARG(flags, mode);
-    if (real == NULL) real = next("open");
-    return real(redirect(path, buf, sizeof buf), flags, mode);
-}
+/* open(path, flags[, mode]) and its 64-bit alias, forwarded to the C library's with `path`
+ * redirected. */
+#define OPEN(name)                                                       \
+    int name(const char *path, int flags, ...) {                         \
+        static int (*real)(const char *, int, ...);                      \
+        mode_t mode = 0;                                                 \
+        char buf[4096];                                                  \
+        MODE_ARG(flags, mode);                                           \
+        if (real == NULL) real = next(#name);                            \
+        return real(redirect(path, buf, sizeof buf), flags, mode);       \
+    }
 
-int open64(const char *path, int flags, ...) {
-    static int (*real)(const char *, int, ...);
-    mode_t mode = 0;
-    char buf[4096];
-    MODE_ARG(flags, mode);
-    if (real == NULL) real = next("open64");
-    return real(redirect(path, buf, sizeof buf), flags, mode);
-}
+/* openat(dirfd, path, flags[, mode]) and its alias: an absolute path ignores `dirfd`. */
+#define OPENAT(name)                                                     \
+    int name(int dirfd, const char *path, int flags, ...) {              \
+        static int (*real)(int, const char *, int, ...);                 \
+        mode_t mode = 0;                                                 \
+        char buf[4096];                                                  \
+        MODE_ARG(flags, mode);                                           \
+        if (real == NULL) real = next(#name);                            \
+        return real(dirfd, redirect(path, buf, sizeof buf), flags, mode); \
+    }
 
-int openat(int dirfd, const char *path, int flags, ...) {
-    static int (*real)(int, const char *, int, ...);
-    mode_t mode = 0;
-    char buf[4096];
-    MODE_ARG(flags, mode);
-    if (real == NULL) real = next("openat");
-    return real(dirfd, redirect(path, buf, sizeof buf), flags, mode);
-}
+/* fopen(path, how) and its alias. */
+#define FOPEN(name)                                                      \
+    FILE *name(const char *path, const char *how) {                      \
+        static FILE *(*real)(const char *, const char *);                \
+        char buf[4096];                                                  \
+        if (real == NULL) real = next(#name);                            \
+        return real(redirect(path, buf, sizeof buf), how);               \
+    }
 
-int openat64(int dirfd, const char *path, int flags, ...) {
-    static int (*real)(int, const char *, int, ...);
-    mode_t mode = 0;
-    char buf[4096];
-    MODE_ARG(flags, mode);
-    if (real == NULL) real = next("openat64");
-    return real(dirfd, redirect(path, buf, sizeof buf), flags, mode);
-}
-
-FILE *fopen(const char *path, const char *how) {
-    static FILE *(*real)(const char *, const char *);
-    char buf[4096];
-    if (real == NULL) real = next("fopen");
-    return real(redirect(path, buf, sizeof buf), how);
-}
-
-FILE *fopen64(const char *path, const char *how) {
-    static FILE *(*real)(const char *, const char *);
-    char buf[4096];
-    if (real == NULL) real = next("fopen64");
-    return real(redirect(path, buf, sizeof buf), how);
-}
+OPEN(open)
+OPEN(open64)
+OPENAT(openat)
+OPENAT(openat64)
+FOPEN(fopen)
+FOPEN(fopen64)

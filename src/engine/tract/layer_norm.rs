@@ -185,14 +185,8 @@ impl LayerNorm {
         if row > 0 && x.len() > 0 {
             let x_ram = x.try_as_plain_ram()?;
             let scale_ram = inputs[1].try_as_plain_ram()?;
-            let bias_ram = match inputs.get(2) {
-                Some(b) => Some(b.try_as_plain_ram()?),
-                None => None,
-            };
-            let bias = match &bias_ram {
-                Some(b) => Some(b.as_slice::<f32>()?),
-                None => None,
-            };
+            let bias_ram = inputs.get(2).map(|b| b.try_as_plain_ram()).transpose()?;
+            let bias = bias_ram.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
             let mut out_ram = out.try_as_plain_ram_mut()?;
             layer_norm(
                 x_ram.as_slice::<f32>()?,
@@ -228,72 +222,31 @@ impl TypedOp for LayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::proto::{f32_tensor, node, value_info};
     use tract_onnx::pb::{
-        attribute_proto::AttributeType, tensor_proto::DataType, type_proto, AttributeProto,
-        GraphProto, ModelProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
-        ValueInfoProto,
+        attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto,
+        ModelProto, OperatorSetIdProto,
     };
-
-    fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
-        let dim = dims
-            .iter()
-            .map(|&d| tract_onnx::pb::tensor_shape_proto::Dimension {
-                value: Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(d)),
-                denotation: String::new(),
-            })
-            .collect();
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto {
-                denotation: String::new(),
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: DataType::Float as i32,
-                    shape: Some(TensorShapeProto { dim }),
-                })),
-            }),
-            doc_string: String::new(),
-        }
-    }
-
-    fn init(name: &str, v: &[f32]) -> TensorProto {
-        TensorProto {
-            name: name.into(),
-            dims: vec![v.len() as i64],
-            data_type: DataType::Float as i32,
-            float_data: v.to_vec(),
-            ..Default::default()
-        }
-    }
 
     /// One `LayerNormalization` node over the last axis of `[2, 3, d]`, optionally with extra
     /// outputs (which this operator leaves to tract).
     fn model(d: usize, bias: bool, extra_output: bool) -> ModelProto {
         let scale: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 * 0.1).collect();
         let b: Vec<f32> = (0..d).map(|i| i as f32 * -0.2).collect();
-        let mut inputs = vec!["x".to_string(), "scale".to_string()];
-        let mut initializer = vec![init("scale", &scale)];
+        let mut inputs = vec!["x", "scale"];
+        let mut initializer = vec![f32_tensor("scale", &[d as i64], &scale)];
         if bias {
-            inputs.push("bias".into());
-            initializer.push(init("bias", &b));
+            inputs.push("bias");
+            initializer.push(f32_tensor("bias", &[d as i64], &b));
         }
-        let mut output = vec!["y".to_string()];
-        if extra_output {
-            output.push("mean".into());
-        }
-        let node = NodeProto {
-            input: inputs,
-            output,
-            name: "ln".into(),
-            op_type: "LayerNormalization".into(),
-            domain: String::new(),
-            attribute: vec![AttributeProto {
-                name: "epsilon".into(),
-                r#type: AttributeType::Float as i32,
-                f: 1e-5,
-                ..Default::default()
-            }],
-            doc_string: String::new(),
+        let outputs: &[&str] = if extra_output { &["y", "mean"] } else { &["y"] };
+        let epsilon = AttributeProto {
+            name: "epsilon".into(),
+            r#type: AttributeType::Float as i32,
+            f: 1e-5,
+            ..Default::default()
         };
+        let node = node("LayerNormalization", "ln", &inputs, outputs, vec![epsilon]);
         ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto {
@@ -304,8 +257,8 @@ mod tests {
                 node: vec![node],
                 name: "g".into(),
                 initializer,
-                input: vec![vi("x", &[2, 3, d as i64])],
-                output: vec![vi("y", &[2, 3, d as i64])],
+                input: vec![value_info("x", DataType::Float, &[2, 3, d as i64])],
+                output: vec![value_info("y", DataType::Float, &[2, 3, d as i64])],
                 ..Default::default()
             }),
             ..Default::default()
